@@ -1,0 +1,133 @@
+"""AST, the Audio Spectrogram Transformer (Gong et al., 2021), the frozen audio backbone.
+
+A DeiT-base-distilled ViT over a log-mel spectrogram: a 1-channel 16x16 convolutional patch
+embedding with overlapping strides (fstride, tstride; 10 and 10 for the AudioSet checkpoint),
+CLS and distillation tokens, timm's ``Block`` for the encoder. Parameter names are those of
+YuanGongND/ast's ``ASTModel.v`` so that ``audioset_10_10_0.4593.pth`` loads key for key once
+:func:`checkpoint_filter_fn` has removed the ``module.v.`` prefixes and the classifiers.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .checkpoint import build_backbone, drop_keys, strip_prefixes
+
+ARCHS = {
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "tiny": dict(embed_dim=64, depth=2, num_heads=2),
+}
+NUM_MEL_BINS = 128
+PATCH = 16
+
+_norm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
+    """Number of patches along frequency and time for a 16x16 kernel with these strides."""
+    return (input_fdim - PATCH) // fstride + 1, (input_tdim - PATCH) // tstride + 1
+
+
+class SpectrogramPatchEmbed(nn.Module):
+    def __init__(self, embed_dim: int, fstride: int, tstride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=PATCH, stride=(fstride, tstride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, F, T) -> (B, f_dim * t_dim, D)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class AudioSpectrogramTransformer(nn.Module):
+    def __init__(self, input_tdim: int = 1024, input_fdim: int = NUM_MEL_BINS, fstride: int = 10,
+                 tstride: int = 10, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0):
+        super().__init__()
+        self.input_tdim, self.input_fdim = input_tdim, input_fdim
+        self.grid = patch_grid(input_fdim, input_tdim, fstride, tstride)
+        self.embed_dim = self.num_features = embed_dim
+        self.patch_embed = SpectrogramPatchEmbed(embed_dim, fstride, tstride)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 2, embed_dim))
+        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=_norm)
+                                      for _ in range(depth)))
+        self.norm = _norm(embed_dim)
+        for p in (self.pos_embed, self.cls_token, self.dist_token):
+            trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
+        """(B, input_tdim, 128) normalized fbank -> final-norm tokens (B, 2 + f_dim * t_dim, D)."""
+        if fbank.ndim != 3 or tuple(fbank.shape[1:]) != (self.input_tdim, self.input_fdim):
+            raise ValueError(f"AST expects fbank of shape (B, {self.input_tdim}, {self.input_fdim}), "
+                             f"got {tuple(fbank.shape)}")
+        x = self.patch_embed(fbank.transpose(1, 2).unsqueeze(1))  # frequency as height, time as width
+        B = x.shape[0]
+        x = torch.cat((self.cls_token.expand(B, -1, -1), self.dist_token.expand(B, -1, -1), x), dim=1)
+        x = self.blocks(x + self.pos_embed)
+        return self.norm(x)
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        """(B, input_tdim, 128) -> (B, D): mean of the CLS and distillation tokens, the input of the dropped mlp_head."""
+        x = self.forward_features(fbank)
+        return (x[:, 0] + x[:, 1]) / 2
+
+
+def checkpoint_filter_fn(state_dict: dict, model: AudioSpectrogramTransformer) -> dict:
+    """Adapt a published AST state dict to ``model``.
+
+    Removes DataParallel's ``module.`` and ASTModel's ``v.`` prefixes and the classifiers (AST's
+    ``mlp_head``, DeiT's ``head`` and ``head_dist``). When ``input_tdim`` differs from training,
+    the time axis of the positional grid is resized as the reference does: cut from the middle
+    when shorter, bilinear interpolation when longer (the frequency axis likewise).
+    """
+    sd = strip_prefixes(state_dict, ("module.", "v."))
+    sd = drop_keys(sd, ("mlp_head.", "head.", "head_dist."), "AST checkpoint")
+    pos = sd.get("pos_embed")
+    if pos is not None and pos.ndim == 3 and pos.shape[1] != model.pos_embed.shape[1]:
+        sd["pos_embed"] = _resize_pos_embed(pos, model.grid)
+    return sd
+
+
+def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    f_dim, t_dim = grid
+    tokens, patches = pos_embed[:, :2], pos_embed[:, 2:]
+    if patches.shape[1] % f_dim:
+        return pos_embed  # another frequency layout: strict loading will name the shape mismatch
+    f_ckpt, t_ckpt = f_dim, patches.shape[1] // f_dim
+    D = patches.shape[2]
+    grid_embed = patches.transpose(1, 2).reshape(1, D, f_ckpt, t_ckpt)
+    if t_dim < t_ckpt:
+        start = t_ckpt // 2 - t_dim // 2
+        grid_embed = grid_embed[:, :, :, start:start + t_dim]
+    elif t_dim > t_ckpt:
+        grid_embed = F.interpolate(grid_embed, size=(f_ckpt, t_dim), mode="bilinear")
+    return torch.cat((tokens, grid_embed.reshape(1, D, f_dim * t_dim).transpose(1, 2)), dim=1)
+
+
+def load_ast(checkpoint=None, input_tdim: int = 1024, fstride: int = 10, tstride: int = 10,
+             arch: str = "base", seed: int = 0) -> AudioSpectrogramTransformer:
+    """A frozen, eval-mode AST whose ``forward(fbank)`` maps (B, input_tdim, 128) to (B, 768).
+
+    ``checkpoint``: the published ``audioset_10_10_0.4593.pth`` (a DataParallel state dict), or a
+    plain state dict file. ``None`` gives random weights from ``seed`` (with a warning).
+    ``arch="tiny"`` is a 64-wide, 2-deep model for tests and CPU demos.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if input_tdim < PATCH or fstride < 1 or tstride < 1:
+        raise ValueError(f"need input_tdim >= {PATCH} and positive strides, got {input_tdim}, {fstride}, {tstride}")
+    config = dict(model="ast", arch=arch, input_tdim=input_tdim, input_fdim=NUM_MEL_BINS,
+                  fstride=fstride, tstride=tstride, **ARCHS[arch])
+    return build_backbone(
+        lambda: AudioSpectrogramTransformer(input_tdim=input_tdim, fstride=fstride, tstride=tstride, **ARCHS[arch]),
+        f"AST ({arch})", config, checkpoint, seed, checkpoint_filter_fn,
+    )

@@ -1,0 +1,177 @@
+"""What both backbones share: reading checkpoint files, strict loading, freezing, fingerprints.
+
+Each model file (``timesformer.py``, ``ast.py``) owns a ``checkpoint_filter_fn`` that turns the
+published state dict into this project's key layout; everything here is format-agnostic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Wrapper keys under which training frameworks nest the model's state dict.
+STATE_DICT_KEYS = ("model_state", "state_dict", "model")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or does not fit the backbone asked for."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file and return its model state dict, unwrapped from training wrappers.
+
+    Optimizer state, epoch counters and configs stored beside the weights are dropped here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Published .pyth files can carry pickled config objects that the safe loader refuses.
+        log.warning("%s holds non-tensor Python objects; loading it with full unpickling "
+                    "(do this only for checkpoints from a source you trust)", path)
+        obj = _load_or_fail(path, weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors, ...
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
+    return unwrap_state_dict(obj, path)
+
+
+def _load_or_fail(path: Path, weights_only: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def unwrap_state_dict(obj, source="checkpoint") -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a state dict, found {type(obj).__name__}")
+    for key in STATE_DICT_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            dropped = sorted(k for k in obj if k != key)
+            if dropped:
+                log.info("%s: using %r, dropping %s", source, key, ", ".join(dropped))
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{source}: holds no tensors (keys: {_preview(obj.keys())})")
+    return tensors
+
+
+def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...]) -> dict:
+    """Remove wrapper prefixes (``module.`` from DataParallel, ``model.`` from SlowFast...) in order."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def drop_keys(state_dict: dict, prefixes: tuple[str, ...], source="checkpoint") -> dict:
+    """Drop keys we knowingly do not use (classifier heads), logging what went."""
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+    dropped = sorted(set(state_dict) - set(kept))
+    if dropped:
+        log.info("%s: dropping %d classifier keys (%s)", source, len(dropped), _preview(dropped))
+    return kept
+
+
+def load_strict(model: nn.Module, state_dict: dict, source="checkpoint", hint: str = "") -> None:
+    """Load every parameter of ``model`` from ``state_dict`` and use every key, or fail naming them."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_preview(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_preview(unexpected)})")
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({_preview(mismatched, 3)})")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__} "
+                              f"{getattr(model, 'config', '')}: " + "; ".join(problems) + hint)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _preview(items, n=6) -> str:
+    items = list(items)
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def file_sha256(path: str | os.PathLike, chunk=1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_sha256(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def build_backbone(make: Callable[[], nn.Module], name: str, config: dict, checkpoint, seed: int,
+                   filter_fn: Callable[[dict, nn.Module], dict], hint_fn=None) -> nn.Module:
+    """Construct a frozen backbone, from ``checkpoint`` or from random weights seeded by ``seed``.
+
+    The returned module carries ``config`` (architecture and input), ``fingerprint`` (sha256 of
+    the checkpoint file, or of config and seed for random weights) and ``pretrained``.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+    if checkpoint is None:
+        log.warning("%s has random weights (seed %d): its embeddings are NOT pretrained features; "
+                    "pass the published checkpoint for real results", name, seed)
+        fingerprint = "random:" + config_sha256({"name": name, **config, "seed": seed})
+    else:
+        source = str(checkpoint)
+        state_dict = filter_fn(read_checkpoint(checkpoint), model)
+        load_strict(model, state_dict, source, hint_fn(state_dict) if hint_fn else "")
+        fingerprint = "sha256:" + file_sha256(checkpoint)
+        log.info("%s loaded from %s", name, source)
+    model.config = dict(config)
+    model.checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
+    model.seed = None if checkpoint is not None else seed
+    model.fingerprint = fingerprint
+    model.pretrained = checkpoint is not None
+    return freeze(model)
+
+
+def describe(model: nn.Module) -> dict:
+    """What the cache records about a backbone, enough to rebuild it later."""
+    return {"config": model.config, "fingerprint": model.fingerprint, "checkpoint": model.checkpoint,
+            "seed": model.seed, "pretrained": model.pretrained}

@@ -1,0 +1,211 @@
+"""TimeSformer (Bertasius et al., 2021), the frozen video backbone.
+
+Parameter names follow facebookresearch/TimeSformer's ``VisionTransformer`` so that the published
+``.pyth`` checkpoints load key for key once :func:`checkpoint_filter_fn` has removed the SlowFast
+``model.`` prefix and the classifier. Attention runs through timm's ``Attention`` (PyTorch's
+``scaled_dot_product_attention``).
+
+Token layout, as in the reference: a CLS token, then the patch tokens of all frames ordered
+patch-major, frame-minor (token ``1 + n * T + t`` is patch ``n`` of frame ``t``).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp, PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Attention, Block
+from torch import nn
+
+from .checkpoint import build_backbone, drop_keys, strip_prefixes
+
+ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
+
+ARCHS = {
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "tiny": dict(embed_dim=64, depth=2, num_heads=2),
+}
+
+_norm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class DividedSpaceTimeBlock(nn.Module):
+    """Temporal attention (each patch across frames), then spatial attention (each frame), then MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = _norm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.temporal_norm1 = _norm(dim)
+        self.temporal_attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.norm2 = _norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        B, _, D = x.shape
+        T = num_frames
+        cls, patches = x[:, :1], x[:, 1:]
+        N = patches.shape[1] // T
+
+        # Temporal: each spatial position attends over the T frames.
+        xt = patches.reshape(B * N, T, D)
+        xt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(xt)).reshape(B, N * T, D))
+        patches = patches + xt
+
+        # Spatial: each frame attends over its N patches plus its own copy of the CLS token.
+        xs = patches.reshape(B, N, T, D).transpose(1, 2).reshape(B * T, N, D)
+        xs = torch.cat((cls.repeat_interleave(T, dim=0), xs), dim=1)
+        res = self.attn(self.norm1(xs))
+        res_cls = res[:, :1].reshape(B, T, D).mean(dim=1, keepdim=True)  # the frames' CLS updates, averaged
+        res_patches = res[:, 1:].reshape(B, T, N, D).transpose(1, 2).reshape(B, N * T, D)
+
+        x = torch.cat((cls, patches), dim=1) + torch.cat((res_cls, res_patches), dim=1)
+        return x + self.mlp(self.norm2(x))
+
+
+class TimeSformer(nn.Module):
+    def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 8,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 attention_type: str = "divided_space_time"):
+        super().__init__()
+        if attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type must be one of {', '.join(ATTENTION_TYPES)}, got {attention_type!r}")
+        self.attention_type = attention_type
+        self.num_frames = num_frames
+        self.img_size = img_size
+        self.embed_dim = self.num_features = embed_dim
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=3, embed_dim=embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        if attention_type != "space_only":
+            self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
+        if attention_type == "divided_space_time":
+            self.blocks = nn.ModuleList(DividedSpaceTimeBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        else:
+            self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=_norm)
+                                        for _ in range(depth))
+        self.norm = _norm(embed_dim)
+        self._init_weights()
+
+    def _init_weights(self):
+        # As the reference: truncated normal for embeddings and linears; temporal_fc of every block
+        # but the first starts at zero, so an untrained model begins as a per-frame ViT.
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.attention_type == "divided_space_time":
+            for blk in list(self.blocks)[1:]:
+                nn.init.zeros_(blk.temporal_fc.weight)
+                nn.init.zeros_(blk.temporal_fc.bias)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) normalized frames -> final-norm tokens (B, 1 + N*T, D); (B, 1 + N, D) for space_only."""
+        self._check_input(video)
+        B, _, T = video.shape[:3]
+        frames = video.transpose(1, 2).flatten(0, 1)            # (B*T, 3, H, W)
+        x = self.patch_embed(frames)                            # (B*T, N, D)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+
+        if self.attention_type == "space_only":
+            for blk in self.blocks:
+                x = blk(x)
+            x = x.reshape(B, T, *x.shape[1:]).mean(dim=1)     # average the frames' tokens
+            return self.norm(x)
+
+        cls = x[::T, :1]                                       # the CLS token of each clip's first frame
+        N, D = x.shape[1] - 1, x.shape[2]
+        patches = x[:, 1:].reshape(B, T, N, D).transpose(1, 2) + self.time_embed.unsqueeze(1)  # (B, N, T, D)
+        x = torch.cat((cls, patches.reshape(B, N * T, D)), dim=1)
+        for blk in self.blocks:
+            x = blk(x, T) if self.attention_type == "divided_space_time" else blk(x)
+        return self.norm(x)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, D): the final-norm CLS token, the input of the dropped classifier."""
+        return self.forward_features(video)[:, 0]
+
+    def _check_input(self, video: torch.Tensor) -> None:
+        want = (3, self.num_frames, self.img_size, self.img_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != want:
+            raise ValueError(f"TimeSformer expects video of shape (B, {', '.join(map(str, want))}), "
+                             f"got {tuple(video.shape)}")
+
+
+def checkpoint_filter_fn(state_dict: dict, model: TimeSformer) -> dict:
+    """Adapt a published TimeSformer state dict to ``model``.
+
+    Removes the SlowFast ``model.`` (and DataParallel ``module.``) prefixes and the classifier, and
+    resizes positional and time embeddings as the reference forward does when the input differs
+    from training: 2-D nearest interpolation of the patch grid, 1-D nearest over frames (this is
+    how the 64-frame HowTo100M model runs on 8 frames). The reference's ``load_pretrained`` resizes
+    the flattened patch sequence instead; we follow its forward, which is what the published
+    inference numbers use.
+    """
+    sd = strip_prefixes(state_dict, ("module.", "model."))
+    sd = drop_keys(sd, ("head.",), "TimeSformer checkpoint")
+    if "pos_embed" in sd and sd["pos_embed"].shape[1] != model.pos_embed.shape[1]:
+        sd["pos_embed"] = _resize_pos_embed(sd["pos_embed"], model.patch_embed.grid_size)
+    if "time_embed" in sd and hasattr(model, "time_embed") and sd["time_embed"].shape[1] != model.num_frames:
+        sd["time_embed"] = F.interpolate(sd["time_embed"].transpose(1, 2), size=model.num_frames,
+                                         mode="nearest").transpose(1, 2)
+    return sd
+
+
+def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    side = int(round(patch_pos.shape[1] ** 0.5))
+    if side * side != patch_pos.shape[1]:
+        return pos_embed  # not a square grid: leave it, strict loading will name the shape mismatch
+    patch_pos = patch_pos.transpose(1, 2).reshape(1, -1, side, side)
+    patch_pos = F.interpolate(patch_pos, size=grid, mode="nearest").flatten(2).transpose(1, 2)
+    return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+def detect_attention_type(state_dict: dict) -> str | None:
+    """Which TimeSformer variant a (filtered) state dict holds, or None if it is no ViT at all."""
+    if not any(k.startswith("blocks.0.") for k in state_dict):
+        return None
+    if any(".temporal_attn." in k for k in state_dict):
+        return "divided_space_time"
+    return "joint_space_time" if "time_embed" in state_dict else "space_only"
+
+
+def load_timesformer(checkpoint=None, num_frames: int = 8, img_size: int = 224,
+                     attention_type: str = "divided_space_time", arch: str = "base",
+                     seed: int = 0) -> TimeSformer:
+    """A frozen, eval-mode TimeSformer whose ``forward(video)`` maps (B, 3, T, H, W) to (B, 768).
+
+    ``checkpoint``: a published ``.pyth`` (e.g. ``TimeSformer_divST_8x32_224_K400.pyth`` or the
+    64-frame ``TimeSformer_divST_64x32_224_HowTo100M.pyth``), or a plain state dict file. ``None``
+    gives random weights from ``seed`` (with a warning). ``arch="tiny"`` is a 64-wide, 2-deep model
+    for tests and CPU demos.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if attention_type not in ATTENTION_TYPES:
+        raise ValueError(f"attention_type must be one of {', '.join(ATTENTION_TYPES)}, got {attention_type!r}")
+    if num_frames < 1 or img_size < 16 or img_size % 16:
+        raise ValueError(f"need num_frames >= 1 and img_size a multiple of 16, got {num_frames}, {img_size}")
+    config = dict(model="timesformer", arch=arch, num_frames=num_frames, img_size=img_size,
+                  attention_type=attention_type, **ARCHS[arch])
+    return build_backbone(
+        lambda: TimeSformer(img_size=img_size, num_frames=num_frames, attention_type=attention_type, **ARCHS[arch]),
+        f"TimeSformer ({arch})", config, checkpoint, seed, checkpoint_filter_fn,
+        hint_fn=lambda sd: _type_hint(sd, attention_type),
+    )
+
+
+def _type_hint(state_dict: dict, attention_type: str) -> str:
+    found = detect_attention_type(state_dict)
+    if found is None or found == attention_type:
+        return ""
+    return f" (it looks like a {found} TimeSformer: pass attention_type={found!r})"
