@@ -1,10 +1,252 @@
-"""alphafuse command line: a thin click layer over functions a notebook can call too."""
+"""alphafuse command line: a thin click layer over functions a notebook can call too.
+
+Settings come from command-line flags, else from the config file (``--config PATH``, or
+``alphafuse.toml`` in the working directory): first the table named after the command
+(``[extract]``, ``[fuse]``, ...), then the top level. Paths in the config are relative to it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
 import click
 
+log = logging.getLogger("alphafuse")
+DEFAULT_CONFIG = "alphafuse.toml"
+REQUIRED = object()
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
-    """alphafuse: fuse frozen TimeSformer and AST embeddings with a scaled-concat head."""
+
+class Settings:
+    """Flag > [command] table > top level of the config file > default."""
+
+    def __init__(self, config: str | None, command: str):
+        self.command = command
+        self.path = Path(config) if config else Path(DEFAULT_CONFIG)
+        self.values: dict = {}
+        if config and not self.path.is_file():
+            raise click.UsageError(f"config file {self.path} not found")
+        if self.path.is_file():
+            try:
+                data = tomllib.loads(self.path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise click.UsageError(f"{self.path}: not valid TOML ({exc})") from exc
+            self.values = {k: v for k, v in data.items() if not isinstance(v, dict)}
+            self.values.update(data.get(command, {}))
+
+    def get(self, key: str, flag=None, default=REQUIRED, path: bool = False):
+        if flag is not None:
+            return flag
+        if key in self.values:
+            value = self.values[key]
+            return str((self.path.parent / value).resolve()) if path and value is not None else value
+        if default is REQUIRED:
+            where = f"set `{key}` in {self.path}" if self.path.is_file() else f"put `{key} = ...` in {DEFAULT_CONFIG}"
+            raise click.UsageError(f"no {key}: pass --{key.replace('_', '-')} or {where}")
+        return default
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log what is loaded, skipped and dropped.")
+def main(verbose):
+    """alphafuse: fuse frozen TimeSformer (video) and AST (audio) embeddings with a scaled-concat head.
+
+    \b
+    Stage 1, on a GPU box:  alphafuse extract --split train --device cuda
+    Stage 2, on a laptop:   alphafuse fuse --transform neg_scalar --target ast
+    """
+    _setup_logging(verbose)
+
+
+# ----------------------------------------------------------------------------- extract
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), help=f"Config file (default: ./{DEFAULT_CONFIG} if present).")
+@click.option("--manifest", help="CSV `path,label,split`, official VGGSound CSV (with --video-root), or a folder per class.")
+@click.option("--video-root", help="Folder of the clips named by a VGGSound CSV ({id}_{start:06d}.mp4).")
+@click.option("--cache-dir", help="Where <split>.h5 files are written.")
+@click.option("--split", "splits", multiple=True, help="Split(s) to extract; repeat the flag. Default: every split.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="Default: auto (cuda when available).")
+@click.option("--video-checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="TimeSformer .pyth (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights.")
+@click.option("--audio-checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="AST audioset_10_10_0.4593.pth. None: random weights.")
+@click.option("--arch", type=click.Choice(["base", "tiny"]), help="Backbone size; tiny is for tests and CPU demos. Default: base.")
+@click.option("--attention-type", type=click.Choice(["divided_space_time", "space_only", "joint_space_time"]),
+              help="TimeSformer variant; must match the checkpoint. Default: divided_space_time.")
+@click.option("--num-frames", type=int, help="Frames sampled uniformly per clip. Default: 8.")
+@click.option("--spatial-crops", type=click.Choice(["1", "3"]), help="3: left/centre/right views, embeddings averaged. Default: 1.")
+@click.option("--batch-size", type=int, help="Clips per batch. Default: 8.")
+@click.option("--workers", type=int, help="DataLoader decoding processes. Default: 2.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast precision of the backbones. Default: fp32.")
+@click.option("--limit", type=int, help="Only the first N clips of each split.")
+@click.option("--shard", help="K/N: extract the K-th of N disjoint shards (0-based). Set by torchrun.")
+@click.option("--seed", type=int, help="Seed of random backbone weights (when no checkpoint). Default: 0.")
+@click.option("--overwrite", is_flag=True, help="Discard an existing or partial cache of these splits.")
+def extract(config, manifest, video_root, cache_dir, splits, device, video_checkpoint, audio_checkpoint, arch,
+            attention_type, num_frames, spatial_crops, batch_size, workers, precision, limit, shard, seed, overwrite):
+    """Stage 1: embed every clip with the frozen TimeSformer and AST, into <cache-dir>/<split>.h5.
+
+    Resumable: a run that is killed and started again skips what is done. Under
+    `torchrun --nproc_per_node N cli.py extract ...` each process takes a disjoint shard and the
+    last to finish merges them. Clips that cannot be read are recorded with the reason and skipped.
+    """
+    from data import read_manifest
+    from extract import load_ast, load_timesformer
+    from extract.runner import extract_split, shard_from_env
+
+    s = Settings(config, "extract")
+    manifest_obj = _read_manifest(read_manifest, s.get("manifest", manifest, path=True),
+                                  s.get("video_root", video_root, None, path=True))
+    cache = Path(s.get("cache_dir", cache_dir, path=True))
+    wanted = list(splits) or s.get("splits", None, None) or manifest_obj.splits
+    shard_k, shard_n = _parse_shard(shard) if shard else shard_from_env()
+    dev = s.get("device", device, "auto")
+    if dev == "cuda" and shard_n > 1:
+        import os
+        dev = f"cuda:{os.environ.get('LOCAL_RANK', shard_k)}"
+    arch_ = s.get("arch", arch, "base")
+    seed_ = s.get("seed", seed, 0)
+    try:
+        video_model = load_timesformer(s.get("video_checkpoint", video_checkpoint, None, path=True),
+                                       num_frames=s.get("num_frames", num_frames, 8), arch=arch_, seed=seed_,
+                                       attention_type=s.get("attention_type", attention_type, "divided_space_time"))
+        audio_model = load_ast(s.get("audio_checkpoint", audio_checkpoint, None, path=True), arch=arch_, seed=seed_)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    for split in wanted:
+        summary = _extract_one(extract_split, manifest_obj, split, cache, video_model, audio_model, dev, s,
+                               batch_size, workers, precision, spatial_crops, limit, overwrite, (shard_k, shard_n))
+        _print_summary(summary)
+        if summary.interrupted:
+            sys.exit(130)
+
+
+def _read_manifest(read_manifest, manifest, video_root):
+    try:
+        return read_manifest(manifest, video_root=video_root)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected K/N such as 0/4, got {text!r}", param_hint="--shard") from None
+    if not 0 <= k < n:
+        raise click.BadParameter(f"K must be in 0..N-1, got {text}", param_hint="--shard")
+    return k, n
+
+
+def _extract_one(extract_split, manifest, split, cache, video_model, audio_model, device, s, batch_size, workers,
+                 precision, spatial_crops, limit, overwrite, shard):
+    from cache import CacheError
+
+    try:
+        total = len(manifest.split(split)[:limit] if limit else manifest.split(split))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    label = f"{split:>6}"
+    with click.progressbar(length=max(1, -(-total // shard[1])), label=label, show_pos=True, file=sys.stderr,
+                           item_show_func=lambda info: info) as bar:
+        def on_batch(n, summary):
+            bar.update(n, f"{summary.clips_per_s:5.1f} clips/s, {len(summary.failed)} failed")
+        try:
+            summary = extract_split(
+                manifest, split, cache, video_model, audio_model,
+                batch_size=s.get("batch_size", batch_size, 8), workers=s.get("workers", workers, 2),
+                device=device, precision=s.get("precision", precision, "fp32"),
+                spatial_crops=int(s.get("spatial_crops", spatial_crops, 1)), limit=s.get("limit", limit, None),
+                overwrite=overwrite, shard=shard, on_batch=on_batch)
+        except (CacheError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        bar.update(summary.skipped)
+    return summary
+
+
+def _print_summary(s) -> None:
+    done = s.written + len(s.failed)
+    busy = s.data_wait_s + s.model_s
+    share = f"{100 * s.data_wait_s / busy:.0f}% waiting for decoding, {100 * s.model_s / busy:.0f}% in the models" \
+        if busy > 0 else "nothing to do"
+    click.echo(f"{s.split}: {s.written} clips written, {len(s.failed)} failed, {s.without_audio} without audio, "
+               f"{s.skipped} already done; {done} clips in {s.wall_s:.1f} s ({s.clips_per_s:.2f} clips/s; {share})")
+    for clip_id, reason in s.failed[:20]:
+        click.echo(f"  failed {clip_id}: {reason}")
+    if len(s.failed) > 20:
+        click.echo(f"  ... and {len(s.failed) - 20} more (all recorded in the cache's errors)")
+    if s.interrupted:
+        click.echo(f"{s.split}: interrupted; run the same command again to resume")
+    elif s.cache_path:
+        click.echo(f"{s.split}: cache {s.cache_path}")
+    else:
+        click.echo(f"{s.split}: this shard is done; the last shard to finish writes the merged file")
+
+
+# ----------------------------------------------------------------------------- cache
+
+@main.group()
+def cache():
+    """Inspect and merge HDF5 feature caches."""
+
+
+@cache.command("info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def cache_info(path, as_json):
+    """Summarise one <split>.h5: clips, dims, labels, errors, backbones, preprocessing."""
+    from cache import CacheError, read_split
+
+    try:
+        f = read_split(path)
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from exc
+    info = {
+        "path": str(path), "split": f.split, "clips": len(f), "video_dim": int(f.video.shape[1]),
+        "audio_dim": int(f.audio.shape[1]), "classes": f.num_classes,
+        "classes_present": int(len(set(f.labels.tolist()))), "without_audio": int((~f.has_audio).sum()),
+        "errors": len(f.errors), "backbones": f.backbones, "preprocessing": f.preprocessing, **f.attrs,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    click.echo(f"{path}: split {f.split!r}, {len(f)} clips, {info['errors']} errors, "
+               f"{info['without_audio']} without audio")
+    click.echo(f"  embeddings: video {info['video_dim']}-d, audio {info['audio_dim']}-d; "
+               f"{f.num_classes} classes ({info['classes_present']} present)")
+    for name, b in f.backbones.items():
+        cfg = b.get("config", {})
+        weights = "pretrained" if b.get("pretrained") else f"RANDOM weights, seed {b.get('seed')}"
+        click.echo(f"  {name}: {cfg.get('model')} {cfg.get('arch')}, {weights}, {b.get('fingerprint', '')[:23]}")
+    click.echo(f"  preprocessing: {json.dumps(f.preprocessing, sort_keys=True)}")
+    click.echo(f"  created {f.attrs.get('created')} by alphafuse {f.attrs.get('tool_version')}")
+    for clip_id, reason in f.errors[:10]:
+        click.echo(f"  error {clip_id}: {reason}")
+
+
+@cache.command("merge")
+@click.option("--config", type=click.Path(dir_okay=False))
+@click.option("--cache-dir", help="Folder holding <split>.parts/.")
+@click.option("--split", required=True, help="The split whose shards to merge.")
+def cache_merge(config, cache_dir, split):
+    """Merge the parts of a sharded extraction into <split>.h5 (when no shard did it)."""
+    from cache import CacheError, merge_parts
+
+    s = Settings(config, "extract")
+    try:
+        path = merge_parts(s.get("cache_dir", cache_dir, path=True), split)
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"merged into {path}")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,10 @@ def build_backbone(make: Callable[[], nn.Module], name: str, config: dict, check
 
 
 def describe(model: nn.Module) -> dict:
-    """What the cache records about a backbone, enough to rebuild it later."""
-    return {"config": model.config, "fingerprint": model.fingerprint, "checkpoint": model.checkpoint,
-            "seed": model.seed, "pretrained": model.pretrained}
+    """What makes a backbone's embeddings what they are: caches compare this, and rebuild from it.
+
+    The checkpoint's path is not part of it (the same file may live elsewhere on another
+    machine); its sha256 is, in ``fingerprint``.
+    """
+    return {"config": model.config, "fingerprint": model.fingerprint, "seed": model.seed,
+            "pretrained": model.pretrained}
