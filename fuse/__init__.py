@@ -1,1 +1,23 @@
-"""fuse/"""
+"""fuse/: stage 2 of alphafuse, the scaled-concat fusion head trained on cached embeddings.
+
+    from fuse import TrainConfig, load_splits, fuse_run
+    splits = load_splits("cache_out")
+    metrics = fuse_run(splits["train"], splits["val"], splits["test"],
+                       TrainConfig(transform="pos_scalar", target="audio"), "runs/pos_audio")
+"""
+from .head import AlphaFuseHead, FusionHead
+from .metrics import score
+from .plots import confusion_matrix_plot, learning_curves
+from .run import evaluate_run, fuse_run, load_run, load_splits, write_predictions
+from .train import (TrainConfig, TrainResult, evaluate, predict_logits, select_best_epoch, train_epoch,
+                    train_head)
+from .transforms import (DEFAULT_ALPHA, MODALITIES, TARGET_ALIASES, TRANSFORM_HELP, TRANSFORMS, ScaledConcat,
+                         apply_transform, resolve_target, validate_transform)
+
+__all__ = [
+    "AlphaFuseHead", "FusionHead", "score", "confusion_matrix_plot", "learning_curves",
+    "evaluate_run", "fuse_run", "load_run", "load_splits", "write_predictions",
+    "TrainConfig", "TrainResult", "evaluate", "predict_logits", "select_best_epoch", "train_epoch", "train_head",
+    "DEFAULT_ALPHA", "MODALITIES", "TARGET_ALIASES", "TRANSFORM_HELP", "TRANSFORMS", "ScaledConcat", "apply_transform",
+    "resolve_target", "validate_transform",
+]

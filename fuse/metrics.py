@@ -1,0 +1,85 @@
+"""Scores of a classifier's outputs on one split: top-1, top-5, mAP, loss, per class."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
+
+
+def score(outputs, labels, num_classes: int, *, probs: bool = False,
+          label_names: Sequence[str] | None = None) -> dict:
+    """Score ``outputs`` (N, C) logits, or probabilities with ``probs=True``, against ``labels``.
+
+    Returns ``top1``, ``top5`` (top-k with k = min(5, C); tied scores rank the lower class index
+    first, like argmax, so top-1 agrees with the predicted class; sklearn's
+    ``top_k_accuracy_score`` ranks the higher index first), ``map`` (mean over the classes present in ``labels``
+    of sklearn's ``average_precision_score`` on the softmax probabilities; a class with no clip
+    has no defined AP and is left out), ``loss`` (mean cross-entropy), ``num_clips``,
+    ``map_classes`` (how many classes the mAP averages) and ``per_class``: for each class name,
+    its ``support``, ``top1`` (its recall) and ``ap`` (None where the class has no clip).
+    """
+    scores = _as_numpy(outputs).astype(np.float64, copy=False)
+    labels = _as_numpy(labels).astype(np.int64, copy=False).reshape(-1)
+    _check_inputs(scores, labels, num_classes, label_names)
+    p = scores if probs else _softmax(scores)
+
+    k = min(5, num_classes)
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    hit1 = ranked[:, 0] == labels
+    hitk = (ranked[:, :k] == labels[:, None]).any(axis=1)
+
+    names = list(label_names) if label_names is not None else [str(c) for c in range(num_classes)]
+    support = np.bincount(labels, minlength=num_classes)
+    correct = np.bincount(labels, weights=hit1, minlength=num_classes)
+    ap = {c: float(average_precision_score(labels == c, p[:, c])) for c in np.flatnonzero(support)}
+    per_class = {
+        names[c]: {
+            "support": int(support[c]),
+            "top1": float(correct[c] / support[c]) if support[c] else None,
+            "ap": ap.get(c),
+        }
+        for c in range(num_classes)
+    }
+    return {
+        "top1": float(hit1.mean()),
+        "top5": float(hitk.mean()),
+        "map": float(np.mean(list(ap.values()))),
+        "loss": _cross_entropy(scores, labels, probs),
+        "num_clips": int(len(labels)),
+        "map_classes": len(ap),
+        "per_class": per_class,
+    }
+
+
+def _check_inputs(scores: np.ndarray, labels: np.ndarray, num_classes: int, label_names) -> None:
+    if scores.ndim != 2 or scores.shape[1] != num_classes:
+        raise ValueError(f"outputs must have shape (N, {num_classes}), got {scores.shape}")
+    if scores.shape[0] != len(labels):
+        raise ValueError(f"{scores.shape[0]} rows of outputs but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError("cannot score an empty split (no clips)")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    if label_names is not None and len(label_names) != num_classes:
+        raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def _cross_entropy(scores: np.ndarray, labels: np.ndarray, probs: bool) -> float:
+    if probs:
+        # Clip so that one confidently wrong probability of exactly 0 gives a large, finite loss.
+        picked = scores[np.arange(len(labels)), labels]
+        return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    return float(F.cross_entropy(torch.from_numpy(scores), torch.from_numpy(labels)))

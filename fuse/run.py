@@ -1,0 +1,264 @@
+"""A fusion run on disk: train on cached splits, score, and write a self-describing run directory.
+
+Run directory::
+
+    head.pt               best and last weights, head config, TrainConfig, label names, the
+                          caches' backbones/preprocessing/paths, the classes seen in training
+    metrics.json          {"val", "test", "last": {"val", "test"}, "best_epoch", "config", ...}
+    history.csv           epoch, train_loss, train_top1, val_loss, val_top1
+    learning_curves.png
+    confusion_matrix.png  best model on test (or val when there is no test split)
+
+Every file is written to a temporary name and renamed into place, so an interrupted run never
+leaves a truncated head.pt; metrics.json is written last and marks a finished run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache import CacheError, FeatureSplit, check_compatible, read_split
+
+from . import plots
+from .head import AlphaFuseHead
+from .metrics import score
+from .train import TrainConfig, predict_logits, train_head
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = 1
+HEAD_FILE = "head.pt"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "learning_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1")
+
+
+def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test")) -> dict[str, FeatureSplit]:
+    """Read ``<cache_dir>/<name>.h5`` for each name; a missing file is a CacheError naming it."""
+    return {name: read_split(Path(cache_dir) / f"{name}.h5") for name in names}
+
+
+def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit | None,
+             cfg: TrainConfig | None, out_dir, *, overwrite: bool = False) -> dict:
+    """Train a head on ``train`` (best epoch chosen on ``val``), score val and test, write ``out_dir``.
+
+    Returns the metrics written to metrics.json. Splits from different backbones, preprocessing
+    or label vocabularies are refused (CacheError) before any training.
+    """
+    cfg = cfg if cfg is not None else TrainConfig()
+    held_out = {name: split for name, split in (("val", val), ("test", test)) if split is not None}
+    check_compatible(train, *held_out.values())
+    for split in held_out.values():
+        _check_dims(split, train.video.shape[1], train.audio.shape[1], f"the train split {_where(train)}")
+    out_dir = _prepare_out_dir(out_dir, overwrite)
+
+    result = train_head(train, val, cfg)
+    scores, predicted = _score_best_and_last(result, held_out)
+    seen = _classes_present(train)
+    metrics = {
+        **scores["best"],
+        "last": scores["last"],
+        "best_epoch": result.best_epoch,
+        "epochs": cfg.epochs,
+        "unseen_in_train": {name: _unseen(split, seen) for name, split in held_out.items()},
+        "config": cfg.to_dict(),
+        "head": result.model.config,
+        "num_clips": {"train": len(train), **{name: len(split) for name, split in held_out.items()}},
+        "train_seconds": result.seconds,
+    }
+    _write_run(out_dir, result, metrics, held_out, predicted, train, val, test, seen)
+    log.info("run written to %s: best epoch %d, %s", out_dir, result.best_epoch,
+             ", ".join(f"{n} top1 {scores['best'][n]['top1']:.3f}" for n in held_out))
+    return metrics
+
+
+def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[AlphaFuseHead, dict]:
+    """The head saved in ``run_dir`` (``which``: best or last epoch) in eval mode, and its metadata."""
+    path = Path(run_dir) / HEAD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; point to a run directory written by fuse_run")
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if saved.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path} has run format {saved.get('format')!r}; this alphafuse reads {RUN_FORMAT}")
+    model = AlphaFuseHead.from_config(saved["head_config"])
+    model.load_state_dict(saved["state_dict" if which == "best" else "last_state_dict"])
+    meta = {key: value for key, value in saved.items() if not key.endswith("state_dict")}
+    meta["run_dir"] = str(run_dir)
+    return model.to(device).eval(), meta
+
+
+def evaluate_run(run_dir, split: FeatureSplit, predictions_path=None, *, which: str = "best",
+                 device: str = "cpu") -> dict:
+    """Re-score a saved head on ``split``; optionally write per-clip predictions as CSV.
+
+    The CSV has columns clip_id, label, predicted (class names), then one probability column
+    per class name. A split made with other backbones, preprocessing or labels is refused.
+    """
+    model, meta = load_run(run_dir, which, device)
+    _check_matches_run(split, meta, model)
+    logits = _logits(model, split, device)
+    metrics = score(logits, split.labels, split.num_classes, label_names=split.label_names)
+    metrics["unseen_in_train"] = _unseen(split, set(meta["train_classes"]))
+    if predictions_path is not None:
+        write_predictions(predictions_path, split, torch.softmax(logits, dim=1).numpy())
+    return metrics
+
+
+def write_predictions(path, split: FeatureSplit, probs: np.ndarray) -> None:
+    """clip_id, label, predicted, then one probability column per class name (atomically)."""
+    names = split.label_names
+    predicted = probs.argmax(axis=1)
+    with _atomic(Path(path), "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(["clip_id", "label", "predicted", *names])
+        for clip_id, label, guess, row in zip(split.clip_ids, split.labels, predicted, probs):
+            writer.writerow([clip_id, names[label], names[guess], *(f"{p:.6g}" for p in row)])
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _score_best_and_last(result, held_out: dict[str, FeatureSplit]) -> tuple[dict, dict]:
+    """Scores of the best and last models on each held-out split, and the best one's predictions."""
+    models = {"best": result.model, "last": result.last_model()}
+    scores = {which: {"val": None, "test": None} for which in models}
+    predicted = {}
+    for name, split in held_out.items():
+        for which, model in models.items():
+            logits = _logits(model, split)
+            scores[which][name] = score(logits, split.labels, split.num_classes, label_names=split.label_names)
+            if which == "best":
+                predicted[name] = logits.argmax(1).numpy()
+    return scores, predicted
+
+
+def _write_run(out_dir: Path, result, metrics: dict, held_out: dict, predicted: dict,
+               train, val, test, seen: set[str]) -> None:
+    # metrics.json marks a finished run: drop an overwritten run's marker before anything else.
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    _write_head(out_dir / HEAD_FILE, result, train, val, test, seen)
+    _write_history(out_dir / HISTORY_FILE, result.history)
+    with _atomic(out_dir / CURVES_FILE) as f:
+        plots.learning_curves(result.history, result.best_epoch if val is not None else None, f)
+    shown = "test" if "test" in held_out else "val" if "val" in held_out else None
+    if shown is None:
+        log.info("no val or test split: %s not drawn", CONFUSION_FILE)
+    else:
+        with _atomic(out_dir / CONFUSION_FILE) as f:
+            plots.confusion_matrix_plot(held_out[shown].labels, predicted[shown], train.label_names, f,
+                                        title=f"{shown}, epoch {result.best_epoch}")
+    with _atomic(out_dir / METRICS_FILE, "w") as f:
+        json.dump(metrics, f, indent=2)
+
+
+def _logits(model: AlphaFuseHead, split: FeatureSplit, device: str | torch.device | None = None) -> torch.Tensor:
+    device = device if device is not None else next(model.parameters()).device
+    video = torch.from_numpy(split.video).to(device)
+    audio = torch.from_numpy(split.audio).to(device)
+    return predict_logits(model, video, audio).cpu()
+
+
+def _where(split: FeatureSplit) -> str:
+    return str(split.path) if split.path is not None else repr(split.split)
+
+
+def _check_dims(split: FeatureSplit, video_dim: int, audio_dim: int, against: str) -> None:
+    for name, dim in (("video", video_dim), ("audio", audio_dim)):
+        got = getattr(split, name).shape[1]
+        if got != dim:
+            raise CacheError(f"{_where(split)} has {got}-d {name} embeddings but {against} has {dim}-d; "
+                             f"use caches extracted with the same backbones")
+
+
+def _check_matches_run(split: FeatureSplit, meta: dict, model: AlphaFuseHead) -> None:
+    # check_compatible compares FeatureSplits, so describe the run as an empty one.
+    cfg = model.config
+    as_split = FeatureSplit(split="run", clip_ids=[], labels=np.zeros(0), video=np.zeros((0, cfg["video_dim"])),
+                            audio=np.zeros((0, cfg["audio_dim"])), has_audio=np.zeros(0),
+                            label_names=meta["label_names"], backbones=meta["backbones"],
+                            preprocessing=meta["preprocessing"], path=Path(meta["run_dir"]) / HEAD_FILE)
+    try:
+        check_compatible(as_split, split)
+    except CacheError as exc:
+        raise CacheError(f"cannot evaluate run {meta['run_dir']} on {_where(split)}: {exc}") from exc
+    _check_dims(split, cfg["video_dim"], cfg["audio_dim"], f"run {meta['run_dir']}")
+
+
+def _classes_present(split: FeatureSplit) -> set[str]:
+    return {split.label_names[c] for c in np.unique(split.labels)}
+
+
+def _unseen(split: FeatureSplit, seen: set[str]) -> list[str]:
+    unseen = sorted(_classes_present(split) - seen)
+    if unseen:
+        clips = int(np.isin(split.labels, [split.label_names.index(n) for n in unseen]).sum())
+        log.warning("%s: %d class(es) never seen in training (%s); their %d clip(s) count as errors",
+                    _where(split), len(unseen), ", ".join(unseen[:10]) + (" ..." if len(unseen) > 10 else ""),
+                    clips)
+    return unseen
+
+
+def _prepare_out_dir(out_dir, overwrite: bool) -> Path:
+    out_dir = Path(out_dir)
+    existing = [name for name in (HEAD_FILE, METRICS_FILE) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(existing)}); choose another "
+                              f"output directory, remove it, or pass overwrite=True")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
+    payload = {
+        "format": RUN_FORMAT,
+        "state_dict": _to_cpu(result.best_state_dict),
+        "last_state_dict": _to_cpu(result.last_state_dict),
+        "head_config": result.model.config,
+        "train_config": result.config.to_dict(),
+        "best_epoch": result.best_epoch,
+        "label_names": list(train.label_names),
+        "train_classes": sorted(seen),
+        "backbones": train.backbones,
+        "preprocessing": train.preprocessing,
+        "cache_paths": {name: str(s.path) if s is not None and s.path is not None else None
+                        for name, s in (("train", train), ("val", val), ("test", test))},
+    }
+    with _atomic(path) as f:
+        torch.save(payload, f)
+
+
+def _to_cpu(state: dict) -> dict:
+    return {key: value.detach().cpu() for key, value in state.items()}
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with _atomic(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+@contextmanager
+def _atomic(path: Path, mode: str = "wb"):
+    """Yield a file open on ``path.tmp``; on success fsync and rename it to ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
