@@ -192,6 +192,195 @@ def _print_summary(s) -> None:
         click.echo(f"{s.split}: this shard is done; the last shard to finish writes the merged file")
 
 
+# ----------------------------------------------------------------------------- fuse
+
+class _TransformsEpilog(click.Command):
+    """Lists the transforms under --help, importing fuse/ (and torch) only when help is shown."""
+
+    def format_epilog(self, ctx, formatter):
+        from fuse.transforms import TRANSFORM_HELP
+
+        with formatter.section("Transforms (applied to --target before concatenation)"):
+            formatter.write_dl(sorted(TRANSFORM_HELP.items()))
+
+
+def _optional_split(cache_dir: Path, name: str):
+    from cache import read_split
+
+    path = cache_dir / f"{name}.h5"
+    if not path.exists():
+        log.warning("%s not found: training without a %s split", path, name)
+        return None
+    return read_split(path)
+
+
+def _train_config(s: Settings, transform, target, alpha, modalities, epochs, batch_size, lr, seed, hidden,
+                  dropout, device):
+    from fuse import TrainConfig
+
+    hidden_ = s.get("hidden", hidden, (1024, 512))
+    if isinstance(hidden_, str):
+        hidden_ = tuple(int(h) for h in hidden_.split(",") if h.strip())
+    try:
+        return TrainConfig(
+            transform=s.get("transform", transform, "none"), target=s.get("target", target, "audio"),
+            alpha=s.get("alpha", alpha, None), modalities=s.get("modalities", modalities, "both"),
+            hidden=tuple(hidden_), dropout=s.get("dropout", dropout, 0.5), epochs=s.get("epochs", epochs, 25),
+            batch_size=s.get("batch_size", batch_size, 8), lr=s.get("lr", lr, 1e-4), seed=s.get("seed", seed, 0),
+            device=_device(s.get("device", device, "cpu")))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _training_options(f):
+    options = [
+        click.option("--transform", type=click.Choice(["none", "sqrt", "pos_scalar", "neg_scalar", "scale", "learned"]),
+                     help="How the target modality's embedding is transformed. Default: none."),
+        click.option("--target", type=click.Choice(["timesformer", "ast", "video", "audio"]),
+                     help="Which modality the transform applies to (timesformer=video, ast=audio). Default: audio."),
+        click.option("--alpha", type=float, help="Scale for pos_scalar (> 1, default 1.5), neg_scalar (0..1, "
+                                                 "default 0.75) or scale (> 0, required)."),
+        click.option("--modalities", type=click.Choice(["both", "video", "audio"]),
+                     help="both, or a unimodal baseline head. Default: both."),
+        click.option("--epochs", type=int, help="Default: 25."),
+        click.option("--batch-size", type=int, help="Default: 8 (the paper's)."),
+        click.option("--lr", type=float, help="Adam learning rate. Default: 1e-4."),
+        click.option("--hidden", help="Hidden layer sizes, comma-separated. Default: 1024,512."),
+        click.option("--dropout", type=float, help="Default: 0.5."),
+        click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="Default: cpu (the head is small)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command(cls=_TransformsEpilog)
+@click.option("--config", type=click.Path(dir_okay=False), help=f"Config file (default: ./{DEFAULT_CONFIG} if present).")
+@click.option("--cache-dir", help="Folder with train.h5 (required), val.h5 and test.h5.")
+@click.option("--out", help="Run directory. Default: <run_dir>/<transform>-<target>[-<alpha>]-seed<seed>.")
+@_training_options
+@click.option("--seed", type=int, help="Seeds weights, dropout and clip order: same seed, same numbers. Default: 0.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+def fuse(config, cache_dir, out, transform, target, alpha, modalities, epochs, batch_size, lr, hidden, dropout,
+         device, seed, overwrite):
+    """Stage 2: train the alpha-transformer's head on cached embeddings (seconds on a laptop).
+
+    Writes a run directory: head.pt, metrics.json (val and test: top1, top5, map, loss,
+    per_class), history.csv, learning_curves.png and confusion_matrix.png. The reported model is
+    the best validation epoch; the last epoch's scores are reported beside it.
+    """
+    from cache import CacheError, read_split
+    from fuse import fuse_run
+
+    s = Settings(config, "fuse")
+    cfg = _train_config(s, transform, target, alpha, modalities, epochs, batch_size, lr, seed, hidden, dropout, device)
+    cache = Path(s.get("cache_dir", cache_dir, path=True))
+    out_dir = Path(out or s.get("out", None, None, path=True) or Path(s.get("run_dir", None, "runs", path=True)) /
+                   _run_name(cfg))
+    try:
+        train = read_split(cache / "train.h5")
+        metrics = fuse_run(train, _optional_split(cache, "val"), _optional_split(cache, "test"), cfg, out_dir,
+                           overwrite=overwrite)
+    except (CacheError, ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_run(metrics, out_dir)
+
+
+def _run_name(cfg) -> str:
+    parts = [cfg.transform if cfg.modalities == "both" else f"{cfg.modalities}-only"]
+    if cfg.transform != "none":
+        parts.append(cfg.target)
+    if cfg.alpha is not None:
+        parts.append(f"{cfg.alpha:g}")
+    return "-".join(parts) + f"-seed{cfg.seed}"
+
+
+def _print_run(metrics: dict, out_dir: Path) -> None:
+    click.echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']} "
+               f"(trained in {metrics['train_seconds']:.2f} s)")
+    for name in ("val", "test"):
+        best, last = metrics.get(name), (metrics.get("last") or {}).get(name)
+        if best:
+            click.echo(f"  {name:>4}: top1 {best['top1']:.3f}  top5 {best['top5']:.3f}  mAP {best['map']:.3f}  "
+                       f"loss {best['loss']:.3f}   (last epoch: top1 {last['top1']:.3f})")
+    for name, unseen in (metrics.get("unseen_in_train") or {}).items():
+        if unseen:
+            click.echo(f"  {name}: {len(unseen)} class(es) never seen in training: {', '.join(unseen[:5])}")
+    click.echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png)")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run directory.")
+@click.option("--split", default="test", show_default=True, help="Split to score.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Default: where the run's training cache was.")
+@click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(run_dir, split, cache_dir, predictions, which, as_json):
+    """Re-score a saved head on a cached split."""
+    from cache import CacheError, read_split
+    from fuse import evaluate_run, load_run
+
+    try:
+        if cache_dir is None:
+            _, meta = load_run(run_dir)
+            recorded = (meta.get("cache_paths") or {}).get("train")
+            if not recorded:
+                raise click.UsageError("the run does not record its cache: pass --cache-dir")
+            cache_dir = Path(recorded).parent
+        metrics = evaluate_run(run_dir, read_split(Path(cache_dir) / f"{split}.h5"), predictions, which=which)
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(f"{split}: top1 {metrics['top1']:.3f}  top5 {metrics['top5']:.3f}  mAP {metrics['map']:.3f}  "
+               f"loss {metrics['loss']:.3f}  ({metrics['num_clips']} clips)")
+    if predictions:
+        click.echo(f"predictions written to {predictions}")
+
+
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path())
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run directory.")
+@click.option("--top-k", default=5, show_default=True, help="How many labels to show per video.")
+@click.option("--video-checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="The TimeSformer checkpoint, if not where extraction read it (its sha256 must match).")
+@click.option("--audio-checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="The AST checkpoint, if not where extraction read it (its sha256 must match).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, device, as_json):
+    """Classify video files with a trained run: both backbones, the transform and the head."""
+    from extract import CheckpointError
+    from fuse.model import AlphaTransformer
+
+    try:
+        model = AlphaTransformer.from_run(run_dir, video_checkpoint, audio_checkpoint, device=_device(device))
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    results = model.predict_files(videos, top_k)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                click.echo(f"{r['path']}: ERROR {r['error']}")
+                continue
+            click.echo(f"{r['path']}" + ("" if r["has_audio"] else " (no audio stream)"))
+            for t in r["top"]:
+                click.echo(f"  {t['probability']:6.1%}  {t['label']}")
+    if any("error" in r for r in results):
+        sys.exit(1)
+
+
 # ----------------------------------------------------------------------------- cache
 
 @main.group()

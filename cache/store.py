@@ -142,6 +142,9 @@ def read_split(path: str | os.PathLike) -> FeatureSplit:
 
 
 def _attr(value):
+    # Structured attributes were stored as JSON strings (see write_split).
+    if isinstance(value, str) and value[:1] in "{[":
+        return json.loads(value)
     return value.item() if isinstance(value, np.generic) else value
 
 

@@ -155,13 +155,17 @@ def embed_batch(video_model, audio_model, batch: dict, device: torch.device, pre
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        if video.ndim == 6:  # (B, views, 3, T, H, W): embed every spatial view, average per clip
-            views = video.shape[1]
-            video_emb = video_model(video.flatten(0, 1)).float().unflatten(0, (-1, views)).mean(dim=1)
-        else:
-            video_emb = video_model(video).float()
+        video_emb = embed_video(video_model, video).float()
         audio_emb = audio_model(fbank).float()
     return video_emb.cpu().numpy(), audio_emb.cpu().numpy()
+
+
+def embed_video(video_model, video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) -> (B, D); (B, views, 3, T, H, W) -> the mean of the views' embeddings."""
+    if video.ndim == 6:
+        views = video.shape[1]
+        return video_model(video.flatten(0, 1)).unflatten(0, (-1, views)).mean(dim=1)
+    return video_model(video)
 
 
 def _quiet_worker(_worker_id: int) -> None:

@@ -231,6 +231,7 @@ def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
         "train_classes": sorted(seen),
         "backbones": train.backbones,
         "preprocessing": train.preprocessing,
+        "sources": train.attrs.get("sources", {}),   # where extraction read the checkpoints
         "cache_paths": {name: str(s.path) if s is not None and s.path is not None else None
                         for name, s in (("train", train), ("val", val), ("test", test))},
     }

@@ -1,0 +1,94 @@
+"""The parity the design rests on: the cached path is the same model as the end-to-end one."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cache import read_split
+from data import ClipDataset, collate_clips, read_manifest
+from extract import CheckpointError, load_ast, load_timesformer
+from extract.runner import extract_split
+from fuse import TrainConfig, fuse_run, load_run
+from fuse.model import AlphaTransformer
+from tests.checkpoints import ast_state, save_pyth, timesformer_state
+from tests.conftest import REPO
+
+PARITY_TOL = 1e-5
+
+
+def _cached_logits(run_dir, split):
+    head, _ = load_run(run_dir)
+    with torch.no_grad():
+        return head(torch.from_numpy(split.video), torch.from_numpy(split.audio))
+
+
+def _end_to_end_logits(model, manifest, clip_ids):
+    clips = [c for c in manifest.clips if c.clip_id in set(clip_ids)]
+    items = ClipDataset(clips, manifest.label_names, model.video_config(), model.audio_config())
+    batch = collate_clips([items[i] for i in range(len(items))])
+    assert batch["clip_id"] == list(clip_ids)
+    with torch.inference_mode():
+        return model(batch["video"], batch["fbank"])
+
+
+def _extract_and_fuse(manifest, split, tmp_path, video_model, audio_model, cfg, crops=1, limit=None):
+    summary = extract_split(manifest, split, tmp_path / "cache", video_model, audio_model, batch_size=4,
+                            workers=0, spatial_crops=crops, limit=limit)
+    features = read_split(summary.cache_path)
+    fuse_run(features, None, None, cfg, tmp_path / "run")
+    return features
+
+
+@pytest.mark.parametrize("transform, target", [("neg_scalar", "ast"), ("sqrt", "timesformer")])
+def test_cached_path_equals_end_to_end_on_real_clips(subset_dir, tmp_path, transform, target):
+    manifest = read_manifest(subset_dir / "manifest.csv")
+    cfg = TrainConfig(transform=transform, target=target, epochs=3, hidden=(32,))
+    features = _extract_and_fuse(manifest, "val", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
+                                 cfg, limit=6)
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    cached = _cached_logits(tmp_path / "run", features)
+    end_to_end = _end_to_end_logits(model, manifest, features.clip_ids)
+    assert cached.shape == (6, len(manifest.label_names))
+    assert (cached - end_to_end).abs().max() < PARITY_TOL
+
+
+def test_parity_with_checkpoints_and_three_views(subset_dir, tmp_path):
+    # Pretrained (official-layout) backbones are found again through the recorded paths and sha256.
+    save_pyth(tmp_path / "tsf.pyth", timesformer_state(dim=64, depth=2, num_frames=16, img_size=224))
+    torch.save(ast_state(dim=64, depth=2), tmp_path / "ast.pth")
+    video_model = load_timesformer(tmp_path / "tsf.pyth", num_frames=4, img_size=224, arch="tiny")
+    audio_model = load_ast(tmp_path / "ast.pth", arch="tiny")
+    manifest = read_manifest(subset_dir / "manifest.csv")
+    features = _extract_and_fuse(manifest, "test", tmp_path, video_model, audio_model,
+                                 TrainConfig(transform="pos_scalar", target="video", epochs=2, hidden=(16,)),
+                                 crops=3, limit=4)
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    assert model.video_backbone.pretrained and model.video_config().spatial_crops == 3
+    cached = _cached_logits(tmp_path / "run", features)
+    assert (cached - _end_to_end_logits(model, manifest, features.clip_ids)).abs().max() < PARITY_TOL
+
+    # Another file in the checkpoint's place is refused, naming it.
+    torch.save(ast_state(dim=64, depth=2, seed=9), tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="other.pth: sha256 .* is not the checkpoint"):
+        AlphaTransformer.from_run(tmp_path / "run", audio_checkpoint=tmp_path / "other.pth")
+
+
+def test_predict_command(subset_dir, tmp_path):
+    manifest = read_manifest(subset_dir / "manifest.csv")
+    _extract_and_fuse(manifest, "val", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
+                      TrainConfig(epochs=2, hidden=(16,)), limit=4)
+    present = [str(c.path) for c in manifest.split("val")[:2]]
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "predict", *present, str(tmp_path / "nope.mp4"),
+                           "--run", str(tmp_path / "run"), "--top-k", "3", "--json", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1  # one file could not be read: reported, the others classified
+    results = json.loads(proc.stdout)
+    assert [r["path"] for r in results] == present + [str(tmp_path / "nope.mp4")]
+    assert "not found" in results[2]["error"]
+    for r in results[:2]:
+        probs = [t["probability"] for t in r["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(t["label"] in manifest.label_names for t in r["top"])
