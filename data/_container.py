@@ -57,6 +57,8 @@ def open_input(path: str | Path, clip_id: str) -> Iterator[av.container.InputCon
         log.debug("cannot open %s", path, exc_info=True)
         raise ClipError(clip_id, f"cannot open container: {av_reason(exc)}") from None
     try:
+        if len(container.streams) == 0:
+            raise ClipError(clip_id, "no audio or video streams (corrupt or not a media file)")
         yield container
     finally:
         container.close()
