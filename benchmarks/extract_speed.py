@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from data import ClipDataset, collate_clips, read_manifest
+from data import ClipDataset, read_manifest
 from extract import load_ast, load_timesformer
 from extract.runner import embed_batch, extract_split, preprocessing_for
 
@@ -66,8 +66,8 @@ def end_to_end(manifest, clips, video_model, audio_model, args, device):
 
 
 def decode_only(clips, label_names, video_cfg, audio_cfg, args):
-    loader = DataLoader(ClipDataset(clips, label_names, video_cfg, audio_cfg), batch_size=args.batch_size,
-                        num_workers=args.workers, collate_fn=collate_clips)
+    dataset = ClipDataset(clips, label_names, video_cfg, audio_cfg)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=dataset.collate)
     t = time.perf_counter()
     batches = list(loader)
     return len(clips) / (time.perf_counter() - t), batches

@@ -1,6 +1,7 @@
 """Audio to AST input, exactly AST's AudioSet recipe.
 
-PyAV decodes the first audio stream, its resampler (libswresample) down-mixes to mono and
+PyAV decodes the first audio stream, its resampler (libswresample) down-mixes to mono with
+FFmpeg's default matrix (what ``ffmpeg -ac 1`` does: stereo becomes (L + R) / sqrt(2)) and
 resamples to 16 kHz; then: subtract the mean, Kaldi fbank (128 mel bins, 25 ms Hanning window,
 10 ms shift, no dither, HTK-compatible, no energy), zero-pad or cut to 1024 frames, and
 normalise as ``(x - norm_mean) / (2 * norm_std)`` with AudioSet's statistics.

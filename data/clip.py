@@ -12,7 +12,7 @@ import torch
 
 from ._container import clip_id_for, find_audio_stream, open_input
 from .audio import AudioAccumulator, AudioConfig, fbank_from_waveform, finish_audio
-from .video import (VideoConfig, _assemble, _PacketIndex, decode_sampled_frames, demux_video,
+from .video import (PacketIndex, VideoConfig, assemble_views, decode_sampled_frames, demux_video,
                     open_video_stream)
 
 
@@ -33,9 +33,9 @@ def load_clip(path: str | Path, video_cfg: VideoConfig = VideoConfig(),
         vstream = open_video_stream(container, clip_id)
         astream = find_audio_stream(container)
         audio = AudioAccumulator(astream, audio_cfg.sample_rate) if astream is not None else None
-        index = demux_video(container, vstream, _PacketIndex(),
+        index = demux_video(container, vstream, PacketIndex(),
                             on_other=audio.feed if audio is not None else None,
                             other_streams=[astream] if astream is not None else [])
         views = decode_sampled_frames(path, vstream, index, video_cfg, clip_id, threads)
         waveform, has_audio = finish_audio(container, audio, audio_cfg.sample_rate, clip_id)
-    return LoadedClip(_assemble(views, video_cfg), fbank_from_waveform(waveform, audio_cfg), has_audio)
+    return LoadedClip(assemble_views(views, video_cfg), fbank_from_waveform(waveform, audio_cfg), has_audio)

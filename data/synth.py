@@ -179,8 +179,9 @@ def _write_audio(out, stream, audio_fn, n: int, sample_rate: int, layout: str) -
     samples = np.ascontiguousarray(np.clip(samples, -1, 1), dtype=np.float32)
     chunk = 4096
     for start in range(0, n, chunk):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
-                                           format="fltp", layout=layout)
+        # Interleaved ("flt") rather than planar: PyAV cannot fill 8 or more planes.
+        block = np.ascontiguousarray(samples[:, start:start + chunk].T).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(block, format="flt", layout=layout)
         frame.sample_rate = sample_rate
         frame.pts = start
         frame.time_base = Fraction(1, sample_rate)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cache import SplitWriter
-from data import AudioConfig, ClipDataset, Manifest, VideoConfig, collate_clips
+from data import AudioConfig, ClipDataset, Manifest, VideoConfig
 
 from .checkpoint import describe
 
@@ -116,8 +116,9 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model, audio_
 
     video_model.to(dev)
     audio_model.to(dev)
-    loader = DataLoader(ClipDataset(todo, manifest.label_names, video_cfg, audio_cfg), batch_size=batch_size,
-                        num_workers=workers, collate_fn=collate_clips, pin_memory=dev.type == "cuda",
+    dataset = ClipDataset(todo, manifest.label_names, video_cfg, audio_cfg)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=dataset.collate,
+                        pin_memory=dev.type == "cuda",
                         worker_init_fn=_quiet_worker, persistent_workers=False)
     start = time.perf_counter()
     with _stop_after_batch() as stop:

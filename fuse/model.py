@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data import AudioConfig, VideoConfig, load_fbank, load_video
+from data import AudioConfig, ClipError, VideoConfig, load_clip
 from extract.backbones import rebuild_backbone
 from extract.runner import embed_video
 
@@ -58,19 +58,17 @@ class AlphaTransformer(nn.Module):
 
         A file that cannot be read gives ``{"path", "error"}`` instead of stopping the others.
         """
-        from data import ClipError
-
         device = next(self.head.parameters()).device
         video_cfg, audio_cfg = self.video_config(), self.audio_config()
         results = []
         for path in paths:
             try:
-                video = load_video(path, video_cfg)
-                fbank, has_audio = load_fbank(path, audio_cfg)
+                clip = load_clip(path, video_cfg, audio_cfg)
             except ClipError as exc:
                 results.append({"path": str(path), "error": exc.reason})
                 continue
-            probs = torch.softmax(self(video[None].to(device), fbank[None].to(device)), dim=1)[0].cpu()
+            has_audio = clip.has_audio
+            probs = torch.softmax(self(clip.video[None].to(device), clip.fbank[None].to(device)), dim=1)[0].cpu()
             top = probs.topk(min(top_k, len(probs)))
             results.append({"path": str(path), "has_audio": has_audio,
                             "top": [{"label": self.label_names[i], "probability": float(p)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cache import read_split
-from data import ClipDataset, collate_clips, read_manifest
+from data import ClipDataset, read_manifest
 from extract import CheckpointError, load_ast, load_timesformer
 from extract.runner import extract_split
 from fuse import TrainConfig, fuse_run, load_run
@@ -28,7 +28,7 @@ def _cached_logits(run_dir, split):
 def _end_to_end_logits(model, manifest, clip_ids):
     clips = [c for c in manifest.clips if c.clip_id in set(clip_ids)]
     items = ClipDataset(clips, manifest.label_names, model.video_config(), model.audio_config())
-    batch = collate_clips([items[i] for i in range(len(items))])
+    batch = items.collate([items[i] for i in range(len(items))])
     assert batch["clip_id"] == list(clip_ids)
     with torch.inference_mode():
         return model(batch["video"], batch["fbank"])

@@ -1,0 +1,145 @@
+"""data.audio: PyAV decoding to 16 kHz mono and AST's fbank recipe."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data import AudioConfig, ClipError, decode_audio, fbank_from_waveform, load_fbank
+from data.synth import write_clip
+from tests.media import CASES, ast_fbank, build_corpus, corpus_folder
+
+OK_CASES = [c for c in CASES if c.ok]
+BAD_CASES = [c for c in CASES if not c.ok and "no video stream" not in c.error]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(corpus_folder(tmp_path_factory))
+
+
+def peak_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+# --- fbank ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["basic.mp4", "stereo_48k.mkv", "surround_51.mp4", "rate_8k.mp4",
+                                  "vp9_opus.webm", "mpeg4_bframes.avi", "short.mp4"])
+def test_fbank_equals_torchaudio_on_the_same_decoded_waveform(corpus, case):
+    waveform, has_audio = decode_audio(corpus[case])
+    assert has_audio
+    fbank, _ = load_fbank(corpus[case])
+    assert fbank.shape == (1024, 128) and fbank.dtype == torch.float32
+    assert torch.allclose(fbank, ast_fbank(waveform), atol=1e-5, rtol=0)
+
+
+def test_fbank_pads_with_zeros_before_normalising_and_cuts_long_input():
+    rng = np.random.default_rng(0)
+    short = torch.from_numpy(rng.standard_normal((1, 16000)).astype(np.float32) * 0.1)
+    fb = fbank_from_waveform(short)
+    frames = ast_fbank(short)
+    assert torch.allclose(fb, frames, atol=1e-5, rtol=0)
+    # 1 s gives 98 frames; the rest is padding: zeros that were then normalised.
+    padded = torch.full((1024 - 98, 128), 4.2677393 / (4.5689974 * 2))
+    assert torch.allclose(fb[98:], padded)
+    long = torch.from_numpy(rng.standard_normal((1, 16000 * 12)).astype(np.float32) * 0.1)
+    assert torch.allclose(fbank_from_waveform(long), ast_fbank(long), atol=1e-5, rtol=0)
+
+
+def test_fbank_accepts_1d_and_numpy_and_tiny_input():
+    wave = np.random.default_rng(1).standard_normal(8000).astype(np.float32)
+    assert torch.equal(fbank_from_waveform(wave), fbank_from_waveform(torch.from_numpy(wave)[None]))
+    for n in (0, 1, 399):  # less than one 25 ms window: all padding, still finite
+        fb = fbank_from_waveform(torch.zeros(1, n))
+        assert fb.shape == (1024, 128) and torch.isfinite(fb).all()
+
+
+def test_fbank_rejects_multichannel_input():
+    with pytest.raises(ValueError, match="mono"):
+        fbank_from_waveform(torch.zeros(2, 16000))
+
+
+def test_fbank_follows_the_config():
+    cfg = AudioConfig(num_mel_bins=64, target_length=200)
+    wave = torch.from_numpy(np.random.default_rng(2).standard_normal((1, 32000)).astype(np.float32))
+    assert fbank_from_waveform(wave, cfg).shape == (200, 64)
+
+
+def test_audio_config_round_trips_through_json_and_validates():
+    cfg = AudioConfig()
+    assert AudioConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.to_dict() == {"sample_rate": 16000, "num_mel_bins": 128, "target_length": 1024,
+                             "norm_mean": -4.2677393, "norm_std": 4.5689974}
+    for bad in [dict(sample_rate=0), dict(num_mel_bins=-1), dict(norm_std=0)]:
+        with pytest.raises(ValueError):
+            AudioConfig(**bad)
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate,channels,suffix", [(44100, 1, ".mp4"), (48000, 2, ".mkv"),
+                                                  (8000, 1, ".mp4"), (22050, 6, ".mkv"),
+                                                  (48000, 2, ".webm")])
+def test_decode_resamples_to_16k_mono_keeping_pitch_and_length(tmp_path, rate, channels, suffix):
+    path = write_clip(tmp_path / f"tone{suffix}", duration=1.5, sample_rate=rate, channels=channels,
+                      size=(16, 16), audio_fn=lambda t: 0.3 * np.sin(2 * np.pi * 1000.0 * t))
+    waveform, has_audio = decode_audio(path)
+    assert has_audio and waveform.dtype == torch.float32 and waveform.shape[0] == 1
+    assert abs(waveform.shape[1] - 1.5 * 16000) < 0.1 * 16000  # encoder padding only
+    middle = waveform[0, 4000:20000].numpy()
+    assert abs(peak_hz(middle, 16000) - 1000.0) < 5
+
+
+def test_downmix_sums_channels_so_opposite_channels_cancel(tmp_path):
+    tone = lambda t: 0.3 * np.sin(2 * np.pi * 440.0 * t)  # noqa: E731
+    same = write_clip(tmp_path / "same.mkv", channels=2, audio_codec="pcm_s16le", audio_fn=tone)
+    opposite = write_clip(tmp_path / "opposite.mkv", channels=2, audio_codec="pcm_s16le",
+                          audio_fn=lambda t: np.stack([tone(t), -tone(t)]))
+    loud = decode_audio(same)[0][0, 4000:28000].abs().max().item()
+    quiet = decode_audio(opposite)[0][0, 4000:28000].abs().max().item()
+    assert loud > 0.25 and quiet < 1e-3
+
+
+def test_no_audio_stream_is_silence_of_the_clip_length(corpus):
+    waveform, has_audio = decode_audio(corpus["no_audio.mp4"])
+    assert not has_audio
+    assert waveform.abs().max() == 0
+    assert abs(waveform.shape[1] - 2.0 * 16000) <= 0.05 * 16000
+    fbank, has_audio = load_fbank(corpus["no_audio.mp4"])
+    assert not has_audio and torch.isfinite(fbank).all()
+    assert torch.allclose(fbank, ast_fbank(waveform), atol=1e-5, rtol=0)
+
+
+def test_audio_only_files_decode_although_they_are_not_clips(corpus):
+    waveform, has_audio = decode_audio(corpus["audio_only.m4a"])
+    assert has_audio and waveform.shape[1] > 16000
+
+
+def test_short_audio_is_zero_padded_by_the_fbank(corpus):
+    waveform, _ = decode_audio(corpus["short.mp4"])
+    assert waveform.shape[1] < 0.5 * 16000
+    fbank, _ = load_fbank(corpus["short.mp4"])
+    pad_value = 4.2677393 / (4.5689974 * 2)
+    assert torch.allclose(fbank[-900:], torch.full((900, 128), pad_value))
+
+
+def test_truncated_audio_keeps_what_decodes(corpus):
+    waveform, has_audio = decode_audio(corpus["half_faststart.mp4"])
+    assert has_audio and 0 < waveform.shape[1] < 2.0 * 16000
+
+
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.name)
+def test_unreadable_files_raise_clip_errors(corpus, case):
+    import re
+    with pytest.raises(ClipError) as info:
+        load_fbank(corpus[case.name], clip_id="x")
+    assert info.value.clip_id == "x" and re.search(case.error, info.value.reason)
+
+
+@pytest.mark.parametrize("case", OK_CASES, ids=lambda c: c.name)
+def test_every_clip_gives_a_finite_fbank(corpus, case):
+    fbank, has_audio = load_fbank(corpus[case.name])
+    assert fbank.shape == (1024, 128) and torch.isfinite(fbank).all()
+    assert has_audio == case.has_audio
