@@ -62,6 +62,11 @@ class AlphaFuseHead(nn.Module):
             "dropout": self.head.dropout,
         }
 
+    @property
+    def learned_alpha(self) -> float | None:
+        """The trained scale of a ``learned`` transform; None for the fixed transforms."""
+        return self.fuse.learned_alpha
+
     @classmethod
     def from_config(cls, config: dict) -> "AlphaFuseHead":
         return cls(**config)

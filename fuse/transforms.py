@@ -10,6 +10,7 @@ one modality's embedding changes how much the (freshly initialised) head first a
     pos_scalar  x * alpha, alpha > 1          (default 1.5, the paper's text; its notebook used 2)
     neg_scalar  x * alpha, 0 < alpha < 1      (default 0.75)
     scale       x * alpha, any alpha > 0      (no default: say which alpha)
+    learned     x * alpha, alpha a trained parameter initialised at 1 (takes no alpha)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-TRANSFORMS = ("none", "sqrt", "pos_scalar", "neg_scalar", "scale")
+TRANSFORMS = ("none", "sqrt", "pos_scalar", "neg_scalar", "scale", "learned")
 
 # None: the transform takes no alpha, or (scale) there is no sensible default to fill in.
 DEFAULT_ALPHA: dict[str, float | None] = {
@@ -26,6 +27,7 @@ DEFAULT_ALPHA: dict[str, float | None] = {
     "pos_scalar": 1.5,
     "neg_scalar": 0.75,
     "scale": None,
+    "learned": None,
 }
 
 # One line per transform, for command-line help.
@@ -35,6 +37,7 @@ TRANSFORM_HELP = {
     "pos_scalar": f"x * alpha, alpha > 1 (default {DEFAULT_ALPHA['pos_scalar']:g}, the paper's text; its notebook used 2)",
     "neg_scalar": f"x * alpha, 0 < alpha < 1 (default {DEFAULT_ALPHA['neg_scalar']:g})",
     "scale": "x * alpha, any alpha > 0 (give alpha)",
+    "learned": "x * alpha, alpha trained with the head from 1 (its own learning rate, alpha_lr)",
 }
 
 TARGET_ALIASES = {"timesformer": "video", "video": "video", "ast": "audio", "audio": "audio"}
@@ -84,7 +87,8 @@ def resolve_target(target: str) -> str:
 def apply_transform(x, name: str, alpha: float | None):
     """Apply transform ``name`` to an embedding (torch tensor or numpy array, any shape).
 
-    ``alpha`` must already be validated (see :func:`validate_transform`).
+    ``alpha`` must already be validated (see :func:`validate_transform`); for ``learned`` it is
+    the current value of the trained scale (a tensor, so that gradients reach it).
     """
     if name == "none":
         return x
@@ -92,9 +96,10 @@ def apply_transform(x, name: str, alpha: float | None):
         if isinstance(x, np.ndarray):
             return np.sqrt(np.maximum(x, 0))
         return torch.sqrt(torch.relu(x))
-    if name in _TAKES_ALPHA:
+    if name in _TAKES_ALPHA or name == "learned":
         if alpha is None:
-            raise ValueError(f"transform {name} needs an alpha; call validate_transform first")
+            raise ValueError(f"transform {name} needs an alpha; call validate_transform first"
+                             if name != "learned" else "transform learned needs its current scale as alpha")
         return x * alpha
     raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
 
@@ -119,15 +124,25 @@ class ScaledConcat(nn.Module):
         if modalities != "both" and transform != "none" and self.target != modalities:
             raise ValueError(f"transform {transform} targets {self.target}, which modalities={modalities} "
                              f"leaves out; use transform none for a unimodal baseline, or target {modalities}")
+        if transform == "learned":
+            # Trained in log space: alpha = exp(log_alpha) stays > 0 like the grid's scales, and
+            # Adam's steps on it are relative changes, so one learning rate suits any magnitude.
+            self.log_alpha = nn.Parameter(torch.zeros(()))
+
+    @property
+    def learned_alpha(self) -> float | None:
+        """The trained scale of a ``learned`` transform (1 before training); None otherwise."""
+        return float(self.log_alpha.detach().exp()) if self.transform == "learned" else None
 
     def out_dim(self, video_dim: int, audio_dim: int) -> int:
         return {"both": video_dim + audio_dim, "video": video_dim, "audio": audio_dim}[self.modalities]
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        alpha = self.log_alpha.exp() if self.transform == "learned" else self.alpha
         if self.target == "video":
-            video = apply_transform(video, self.transform, self.alpha)
+            video = apply_transform(video, self.transform, alpha)
         else:
-            audio = apply_transform(audio, self.transform, self.alpha)
+            audio = apply_transform(audio, self.transform, alpha)
         if self.modalities == "video":
             return video
         if self.modalities == "audio":

@@ -1,0 +1,333 @@
+"""fuse/grid.py and fuse/stats.py: configuration lists, running a grid both ways, intervals.
+
+The synthetic cache is tests/test_fuse.py's (6 classes, 3 told apart by video, 3 by audio),
+with small heads so that a whole preset trains in seconds.
+"""
+import csv
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats as scipy_stats
+
+from cache import CacheError, write_split
+from fuse import TrainConfig, fuse_run, load_splits, train_head, train_heads_stacked
+from fuse.grid import (RESULT_COLUMNS, config_key, configs_from_options, describe, format_summary_table,
+                       paper_preset, parse_alphas, run_grid, summarize, sweep)
+from fuse.stats import mean_interval, paired_bootstrap
+from tests.test_fuse import BACKBONES, FAST, make_split
+
+REQUIRED_COLUMNS = ["modalities", "target", "transform", "alpha", "seed", "val_top1", "test_top1", "test_top5",
+                    "test_map", "test_loss", "best_epoch"]
+SMALL = TrainConfig(**{**FAST, "epochs": 6})
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """Written to disk and read back, as the CLI does."""
+    cache = tmp_path_factory.mktemp("cache")
+    for split in (make_split("train", 150, 0), make_split("val", 60, 1), make_split("test", 60, 2)):
+        write_split(cache / f"{split.split}.h5", split)
+    loaded = load_splits(cache)
+    return loaded["train"], loaded["val"], loaded["test"]
+
+
+@pytest.fixture(scope="module")
+def preset(splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grids") / "paper"
+    return out, run_grid(*splits, paper_preset(seeds=2, base=SMALL), out)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def comparable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "train_seconds"}
+
+
+# -- configuration lists ---------------------------------------------------------------------
+
+def test_parse_alphas_ranges_include_the_stop_without_float_drift():
+    assert parse_alphas("0.25:3.0:0.25") == [0.25 * i for i in range(1, 13)]
+    assert parse_alphas("0.1:0.3:0.1") == [0.1, 0.2, 0.3]
+    assert parse_alphas("0.1:0.35:0.1") == [0.1, 0.2, 0.3]      # the stop need not be on the grid
+    assert parse_alphas("2, 0.5,2") == [0.5, 2.0]
+    assert parse_alphas("0.5:1:0.25,3") == [0.5, 0.75, 1.0, 3.0]
+    assert parse_alphas(1.5) == [1.5] and parse_alphas([2, 0.5]) == [0.5, 2.0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no alphas"), (" , ", "no alphas"), ("3:1:0.5", "empty range"), ("0:1:0", "step must be positive"),
+    ("1:2", "start:stop:step"), ("a,b", "not a number"), ("0:1e9:1e-3", "not a grid anyone wants"),
+    ("nan", "not finite"),
+])
+def test_parse_alphas_errors_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_alphas(text)
+
+
+def test_paper_preset_is_table_1_plus_baselines():
+    base = TrainConfig(epochs=7, lr=3e-4)
+    configs = paper_preset(seeds=3, base=base)
+    assert len(configs) == 9 * 3
+    assert all(c.epochs == 7 and c.lr == 3e-4 for c in configs)
+    kinds = {(c.modalities, c.transform, c.target if c.transform != "none" else "", c.alpha) for c in configs}
+    assert kinds == {("both", "none", "", None),
+                     *{("both", t, m, a) for m in ("video", "audio")
+                       for t, a in (("sqrt", None), ("pos_scalar", 1.5), ("neg_scalar", 0.75))},
+                     ("video", "none", "", None), ("audio", "none", "", None)}
+    assert sorted({c.seed for c in configs}) == [0, 1, 2]
+    assert len(paper_preset(seeds=[4, 9], learned=True)) == 11 * 2
+
+
+def test_sweep_lists_transforms_targets_alphas_baseline_and_learned():
+    configs = sweep("scale", "timesformer,ast", "0.25:3.0:0.25", seeds=3)
+    assert len(configs) == (1 + 2 * 12 + 2) * 3
+    scaled = [c for c in configs if c.transform == "scale"]
+    assert {c.target for c in scaled} == {"video", "audio"}
+    assert sorted({c.alpha for c in scaled}) == parse_alphas("0.25:3.0:0.25")
+    assert {c.transform for c in configs} == {"none", "scale", "learned"}
+    plain = sweep(["pos_scalar", "sqrt"], ["video"], "1.5,2", seeds=1, baseline=False, learned=False)
+    assert [(c.transform, c.alpha) for c in plain] == [("pos_scalar", 1.5), ("pos_scalar", 2.0), ("sqrt", None)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(transforms="pos_scalar", alphas="0.5:2:0.5"), r"pos_scalar needs alpha > 1: alpha 0.5, 1 from the sweep"),
+    (dict(transforms="neg_scalar", alphas="0.5,1.5"), r"neg_scalar needs 0 < alpha < 1: alpha 1.5"),
+    (dict(transforms="scale", alphas="0,1"), r"scale needs alpha > 0: alpha 0"),
+    (dict(transforms="scale"), "needs alphas"),
+    (dict(transforms="learned", alphas="1,2"), "takes no alpha"),
+    (dict(transforms="cube", alphas="1"), "unknown transform"),
+    (dict(transforms="scale", targets="lidar", alphas="1"), "unknown target"),
+    (dict(transforms="scale", alphas="1", seeds=0), "seeds must be at least 1"),
+])
+def test_bad_sweeps_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sweep(**kwargs)
+
+
+def test_configs_from_options_as_the_cli_gives_them():
+    assert len(configs_from_options(preset="paper", seeds=2)) == 18
+    assert len(configs_from_options(transforms="scale", alphas="1,2", targets="ast", seeds=1)) == 1 + 2 + 1
+    with pytest.raises(ValueError, match="unknown preset"):
+        configs_from_options(preset="mine")
+    with pytest.raises(ValueError, match="not both"):
+        configs_from_options(preset="paper", alphas="1,2")
+    with pytest.raises(ValueError, match="nothing to run"):
+        configs_from_options()
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+def test_mean_interval_is_the_t_interval():
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
+    half = scipy_stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)   # sd of 1, 2, 3 is 1
+    assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    assert half == pytest.approx(2.4841, abs=1e-4)
+    assert mean_interval([0.4, 0.4, 0.4]) == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
+    one = mean_interval([0.7])
+    assert one[0] == 0.7 and math.isnan(one[1]) and math.isnan(one[2])
+    assert all(math.isnan(v) for v in mean_interval([]))
+
+
+def test_paired_bootstrap_known_answers():
+    rng = np.random.default_rng(5)
+    base = rng.random((3, 40)) < 0.5
+    same = paired_bootstrap(base, base.copy())
+    assert (same["diff"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+
+    # Right on exactly k more clips, wrong on none the baseline got: the difference is k/n, and
+    # no resample can make it negative.
+    k, n = 4, 40
+    baseline = np.zeros(n, bool)
+    baseline[:20] = True
+    better = baseline.copy()
+    better[20:20 + k] = True
+    boot = paired_bootstrap(better, baseline, resamples=4000)
+    assert boot["diff"] == pytest.approx(k / n)
+    assert 0 <= boot["low"] < k / n < boot["high"]
+    # Each resampled mean is Binomial(n, k/n) / n: compare with the normal approximation.
+    sd = math.sqrt(k / n * (1 - k / n) / n)
+    assert boot["high"] - boot["low"] == pytest.approx(2 * 1.96 * sd, rel=0.2)
+    # Pooling seeds: +2 clips with seed 0, +0 with seed 1 -> +1 clip on average.
+    two = np.stack([baseline, baseline])
+    mixed = two.copy()
+    mixed[0, 30:32] = True
+    assert paired_bootstrap(mixed, two)["diff"] == pytest.approx(1 / n)
+    # Reproducible for a given seed.
+    assert paired_bootstrap(better, baseline, seed=3) == paired_bootstrap(better, baseline, seed=3)
+    with pytest.raises(ValueError, match="same seeds and clips"):
+        paired_bootstrap(better, two)
+
+
+def test_summary_pairs_each_seed_with_the_baseline_of_that_seed():
+    labels = np.zeros(10, dtype=np.int32)
+    base, other = TrainConfig(), TrainConfig(transform="scale", target="video", alpha=2.0)
+    rows, predicted = [], []
+    # The baseline is right on 5 clips with seed 0 and 6 with seed 1; "other" on 7 and 6, and
+    # also has a seed 2 that has no baseline to pair with (it is left out of the difference).
+    for cfg, seed, right in ((base, 0, 5), (base, 1, 6), (other, 0, 7), (other, 1, 6), (other, 2, 0)):
+        p = np.ones(10, dtype=np.int32)
+        p[:right] = 0
+        predicted.append(p)
+        rows.append({"_key": config_key(cfg), "config_id": 0, "config": describe(cfg), "modalities": "both",
+                     "target": cfg.target, "transform": cfg.transform, "alpha": cfg.alpha, "seed": seed,
+                     **{m: right / 10 for m in ("val_top1", "test_top1", "test_top5", "test_map")},
+                     "test_loss": 1.0, "val_loss": 1.0, "best_epoch": 3, "learned_alpha": None})
+    summary = {s["transform"]: s for s in summarize(rows, np.stack(predicted), labels, resamples=500)}
+    assert summary["scale"]["seeds"] == 3 and summary["scale"]["vs_none_seeds"] == 2
+    assert summary["scale"]["vs_none_diff"] == pytest.approx(0.1)     # (7 + 6) / 2 - (5 + 6) / 2 clips of 10
+    assert summary["scale"]["test_top1_mean"] == pytest.approx(13 / 30)
+    assert summary["none"]["vs_none_diff"] == 0.0
+    assert summary["none"]["learned_alpha_mean"] is None
+
+
+# -- running a grid --------------------------------------------------------------------------
+
+def test_preset_end_to_end_writes_results_summary_and_plots(preset):
+    out, result = preset
+    for name in ("results.csv", "summary.csv", "summary.json", "predictions.npz", "preset_bars.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "alpha_curve.png").exists()
+    assert not list(out.glob("*.tmp"))
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 9 * 2
+    assert list(rows[0])[:len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
+    assert list(rows[0]) == list(RESULT_COLUMNS)
+    assert {(r["transform"], r["target"], r["alpha"]) for r in rows} >= {("neg_scalar", "audio", "0.75"),
+                                                                         ("none", "", "")}
+    for r in rows:
+        assert 0 <= float(r["test_top1"]) <= float(r["test_top5"]) <= 1
+        assert 1 <= int(r["best_epoch"]) <= SMALL.epochs
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["configs"]) == 9 and summary["test_clips"] == 60 and summary["runs"] == 18
+    fused = {s["config"]: s for s in summary["configs"]}
+    # The synthetic task needs both modalities: the unimodal heads lose to the baseline, and the
+    # paired interval over the test clips says so.
+    for alone in ("video only", "audio only"):
+        assert fused[alone]["vs_none_high"] < 0
+    assert read_csv(out / "summary.csv")[0]["config"] == "none"
+    predictions = np.load(out / "predictions.npz")
+    assert predictions["predicted"].shape == (18, 60)
+    assert np.mean(predictions["predicted"][0] == predictions["labels"]) == float(rows[0]["test_top1"])
+    with Image.open(out / "preset_bars.png") as image:
+        assert image.format == "PNG" and min(image.size) > 100
+        image.verify()
+    table = format_summary_table(result.summary, 60)
+    for label in fused:
+        assert label in table
+    assert "(baseline)" in table and "one clip = 1.7 points" in table
+
+
+def test_grid_rows_equal_single_fuse_runs(splits, preset, tmp_path):
+    """What `cli.py fuse` reports for a configuration and seed is what the grid reports
+    (with one torch thread: more threads may round evaluation matmuls differently)."""
+    _, result = preset
+    train, val, test = splits
+    picked = [r for r in result.rows if (r["transform"], r["target"], r["seed"]) in
+              {("none", "", 1), ("neg_scalar", "video", 0), ("none", "", 0)} or r["modalities"] == "audio"][:4]
+    torch.set_num_threads(1)
+    for row in picked:
+        cfg = replace(SMALL, modalities=row["modalities"], transform=row["transform"], alpha=row["alpha"],
+                      target=row["target"] or "audio", seed=row["seed"])
+        metrics = fuse_run(train, val, test, cfg, tmp_path / f"run{len(list(tmp_path.iterdir()))}")
+        assert row["test_top1"] == metrics["test"]["top1"] and row["test_top5"] == metrics["test"]["top5"]
+        assert row["test_map"] == metrics["test"]["map"] and row["test_loss"] == metrics["test"]["loss"]
+        assert row["val_top1"] == metrics["val"]["top1"] and row["val_loss"] == metrics["val"]["loss"]
+        assert row["best_epoch"] == metrics["best_epoch"]
+
+
+def test_joblib_and_vectorized_give_identical_results(splits, preset, tmp_path):
+    """Tolerance: none. Both reproduce train_head bit for bit on CPU (see fuse/train.py)."""
+    _, vectorized = preset
+    assert vectorized.method == "vectorized"   # auto, for heads this small
+    configs = [c for c in paper_preset(seeds=2, base=SMALL) if c.seed == 1 or c.transform == "sqrt"]
+    calls = []
+    joblib = run_grid(*splits, configs, tmp_path / "joblib", method="joblib", jobs=2,
+                      progress=lambda done, total, row: calls.append((done, total, row["transform"])))
+    assert [c[:2] for c in calls] == [(i, len(configs)) for i in range(1, len(configs) + 1)]
+    by_key = {(r["config"], r["seed"]): comparable(r) for r in vectorized.rows}
+    for row, predicted in zip(joblib.rows, joblib.predicted):
+        assert comparable(row) | {"config_id": 0} == by_key[(row["config"], row["seed"])] | {"config_id": 0}
+        i = next(i for i, r in enumerate(vectorized.rows) if (r["config"], r["seed"]) == (row["config"], row["seed"]))
+        np.testing.assert_array_equal(predicted, vectorized.predicted[i])
+
+
+def test_stacked_training_reproduces_train_head_bit_for_bit(splits):
+    train, val, _ = splits
+    base = replace(SMALL, epochs=3, dropout=0.5)
+    configs = [replace(base, transform=t, target=g, alpha=a, seed=s, modalities=m) for t, g, a, s, m in [
+        ("none", "audio", None, 0, "both"), ("sqrt", "video", None, 0, "both"), ("scale", "audio", 0.3, 1, "both"),
+        ("learned", "video", None, 1, "both"), ("none", "audio", None, 2, "video"), ("pos_scalar", "audio", 2.0, 0, "audio"),
+    ]]
+    torch.set_num_threads(1)
+    for cfg, stacked in zip(configs, train_heads_stacked(train, val, configs)):
+        single = train_head(train, val, cfg)
+        assert stacked.history == single.history, describe(cfg)
+        assert stacked.best_epoch == single.best_epoch
+        for which in ("best_state_dict", "last_state_dict"):
+            a, b = getattr(stacked, which), getattr(single, which)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (describe(cfg), which)
+
+
+def test_sweep_draws_the_alpha_curve_and_reports_learned_alpha(splits, tmp_path):
+    configs = sweep("scale", "video,audio", "0.5:1.5:0.5", seeds=2, base=replace(SMALL, epochs=3))
+    result = run_grid(*splits, configs, tmp_path / "sweep")
+    assert (tmp_path / "sweep" / "alpha_curve.png").is_file() and not (tmp_path / "sweep" / "preset_bars.png").exists()
+    with Image.open(tmp_path / "sweep" / "alpha_curve.png") as image:
+        image.verify()
+    rows = read_csv(tmp_path / "sweep" / "results.csv")
+    assert len(rows) == (1 + 2 * 3 + 2) * 2
+    learned = [r for r in rows if r["transform"] == "learned"]
+    assert all(r["alpha"] == "" and float(r["learned_alpha"]) != 1.0 for r in learned)
+    assert all(r["learned_alpha"] == "" for r in rows if r["transform"] != "learned")
+    best = {b["target"]: b for b in result.best_alpha}
+    assert set(best) == {"video", "audio"}
+    assert best["video"]["best_alpha"] in (0.5, 1.0, 1.5) and best["audio"]["learned_alpha_mean"] > 0
+    table = format_summary_table(result.summary)
+    assert "best alpha by val top-1" in table and "learned alpha" in table
+
+
+def test_learned_alpha_turns_down_a_modality_that_is_noise():
+    """Only video tells these classes apart; audio is loud noise: the learned scale on audio
+    drops below 1 and the one on video rises above it."""
+    def noisy(split, n, seed):
+        s = make_split(split, n, seed, classes=range(3))
+        s.audio = np.random.default_rng(seed + 100).normal(0, 5, s.audio.shape).astype(np.float32)
+        return s
+    train, val = noisy("train", 300, 0), noisy("val", 120, 1)
+    cfg = replace(SMALL, epochs=10, transform="learned")
+    audio = train_head(train, val, replace(cfg, target="audio")).model.learned_alpha
+    video = train_head(train, val, replace(cfg, target="video")).model.learned_alpha
+    assert audio < 0.95 and video > 1.2, (audio, video)
+
+
+def test_bad_grid_inputs_are_refused_before_training(splits, tmp_path):
+    train, val, test = splits
+    configs = paper_preset(seeds=1, base=SMALL)[:2]
+    with pytest.raises(ValueError, match="no configurations"):
+        run_grid(train, val, test, [], tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown method"):
+        run_grid(train, val, test, configs, tmp_path / "a", method="gpu_magic")
+    with pytest.raises(ValueError, match="appears twice"):
+        run_grid(train, val, test, configs + configs[:1], tmp_path / "a")
+    with pytest.raises(ValueError, match="needs a test split"):
+        run_grid(train, val, None, configs, tmp_path / "a")
+    with pytest.raises(ValueError, match="jobs must be"):
+        run_grid(train, val, test, configs, tmp_path / "a", jobs=0)
+    other = {**BACKBONES, "audio": {**BACKBONES["audio"], "fingerprint": "ast-base-9"}}
+    with pytest.raises(CacheError, match="audio.fingerprint"):
+        run_grid(train, val, make_split("test", 30, 5, backbones=other), configs, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match="takes no alpha"):
+        TrainConfig(transform="learned", alpha=2.0)
+    run_grid(train, val, test, configs[:1], tmp_path / "b")
+    with pytest.raises(FileExistsError, match="already holds a grid"):
+        run_grid(train, val, test, configs[:1], tmp_path / "b")
+    run_grid(train, val, test, configs[:1], tmp_path / "b", overwrite=True)

@@ -1,0 +1,63 @@
+"""The README's promises: its runnable shell blocks run as written, and every command has --help."""
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, subset_path
+
+README = (REPO / "README.md").read_text()
+
+
+def runnable_blocks() -> list[list[str]]:
+    """Shell blocks preceded by an ``<!-- runnable ... -->`` comment, as lists of commands."""
+    pattern = re.compile(r"<!-- runnable[^>]*-->\s*```sh\n(.*?)```", re.S)
+    return [[line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+            for block in pattern.findall(README)]
+
+
+def test_readme_marks_the_subset_workflow_runnable():
+    blocks = runnable_blocks()
+    assert blocks, "README lost its runnable blocks"
+    assert any("extract" in cmd for block in blocks for cmd in block)
+
+
+def test_runnable_blocks_run_as_written(subset_dir, tmp_path):
+    # Lay out the README's world: the commands run in a working folder with ../shared beside it.
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "vggsound-subset").symlink_to(subset_dir)
+    for block in runnable_blocks():
+        for command in block:
+            argv = shlex.split(command)
+            assert argv[0] == "./run", f"runnable README commands use ./run: {command}"
+            proc = subprocess.run([str(REPO / "run"), *argv[1:]], cwd=work, capture_output=True, text=True,
+                                  timeout=600)
+            assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout}\n{proc.stderr}"
+    assert (work / "subset-cache" / "train.h5").exists()
+    assert (work / "subset-runs" / "neg" / "metrics.json").exists()
+    assert (work / "subset-grid" / "results.csv").exists()
+
+
+def test_quick_start_is_two_commands():
+    quick = README.split("## Quick start", 1)[1].split("##", 1)[0]
+    commands = re.findall(r"```sh\n(.*?)```", quick, re.S)[0].strip().splitlines()
+    assert [c.split("#")[0].split() for c in commands] == [["./run", "demo"], ["./run", "test"]]
+    assert "./run test" in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["fuse"], ["evaluate"], ["predict"], ["grid"], ["demo"],
+                                     ["cache", "info"], ["cache", "merge"]])
+def test_every_command_explains_itself(command):
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *command, "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and len(proc.stdout.splitlines()) > 5
+
+
+def test_subset_path_is_where_the_readme_says():
+    assert "../shared/vggsound-subset" in README
+    assert subset_path().name == "vggsound-subset"
