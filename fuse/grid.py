@@ -31,7 +31,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -45,7 +44,8 @@ from cache import CacheError, FeatureSplit, check_compatible
 from .metrics import score
 from .run import _atomic
 from .stats import mean_interval, paired_bootstrap
-from .train import TrainConfig, TrainResult, predict_logits, stack_key, train_head, train_heads_stacked
+from .train import (TrainConfig, TrainResult, predict_logits, single_thread, stack_key, train_head,
+                     train_heads_stacked)
 from .transforms import DEFAULT_ALPHA, TRANSFORMS, resolve_target, validate_transform
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ RESULT_COLUMNS = ("modalities", "target", "transform", "alpha", "seed", "val_top
                   "config_id", "config")
 SUMMARY_METRICS = ("val_top1", "test_top1", "test_top5", "test_map", "test_loss", "val_loss", "best_epoch",
                    "learned_alpha")
+# Shares in [0, 1]: their intervals are cut to that range.
+BOUNDED_METRICS = ("val_top1", "test_top1", "test_top5", "test_map")
 METHODS = ("auto", "joblib", "vectorized")
 PRESETS = ("paper",)
 CONFIDENCE = 0.95
@@ -134,7 +136,8 @@ def parse_alphas(text: str | float | Iterable[float]) -> list[float]:
         else:
             values.append(_alpha_number(item, item))
     if not values:
-        raise ValueError(f"no alphas in {text!r}; give start:stop:step such as 0.25:3.0:0.25, or a list such as 0.5,1,2")
+        raise ValueError(f"no alphas in {text!r}; give start:stop:step such as 0.25:3.0:0.25, "
+                         f"or a list such as 0.5,1,2")
     return sorted(set(values))
 
 
@@ -422,7 +425,7 @@ def _stack_tasks(configs: Sequence[TrainConfig], jobs: int, train: FeatureSplit)
 
 def _task(members: list[int], method: str, train, val, test, cfgs: list[TrainConfig]):
     """Train and score some configurations on one thread (a joblib task, or in-process)."""
-    with _one_thread(), warnings.catch_warnings():
+    with single_thread(), warnings.catch_warnings():
         # joblib hands large arrays over as read-only memory maps; training only reads them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         if method == "vectorized":   # the task is already one stack (see _stack_tasks)
@@ -453,16 +456,6 @@ def _logits(model, split: FeatureSplit) -> torch.Tensor:
     device = next(model.parameters()).device
     return predict_logits(model, torch.from_numpy(split.video).to(device),
                           torch.from_numpy(split.audio).to(device)).cpu()
-
-
-@contextmanager
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _resolve_jobs(jobs: int | None, tasks: int) -> int:
@@ -555,13 +548,25 @@ def summarize(rows: Sequence[dict], predicted: np.ndarray, labels: np.ndarray, *
                  "alpha": first["alpha"], "seeds": len(members)}
         for metric in SUMMARY_METRICS:
             values = [rows[i][metric] for i in members if rows[i][metric] is not None]
-            mean, low, high = mean_interval(values, confidence) if values else (None, None, None)
+            mean, low, high = _metric_interval(metric, values, confidence) if values else (None, None, None)
             entry.update({f"{metric}_mean": mean, f"{metric}_low": low, f"{metric}_high": high})
         entry.update(_versus_baseline(rows, correct, members, baselines.get(_baseline_key(key)), resamples, seed,
                                       confidence))
         entry["_key"] = key
         summary.append(entry)
     return summary
+
+
+def _metric_interval(metric: str, values: list[float], confidence: float) -> tuple[float, float, float]:
+    if metric == "learned_alpha":
+        # The trained parameter is log(alpha): average there, so that the mean is the geometric
+        # mean and the interval, mapped back, is a positive one like alpha itself.
+        return tuple(math.exp(v) for v in mean_interval(np.log(values), confidence))
+    mean, low, high = mean_interval(values, confidence)
+    if metric in BOUNDED_METRICS:
+        # A t-interval ignores that a share lies in [0, 1]; cutting it there loses no coverage.
+        low, high = max(low, 0.0), min(high, 1.0)   # nan (one seed) stays nan
+    return mean, low, high
 
 
 def _baseline_key(key: tuple) -> tuple:
@@ -653,7 +658,8 @@ def write_grid(out: Path, result: GridResult, resamples: int) -> dict[str, Path]
 
 
 INTERVALS_NOTE = (
-    "*_low/*_high: 95% Student-t interval of the mean over seeds (undefined with one seed). "
+    "*_low/*_high: 95% Student-t interval of the mean over seeds (undefined with one seed), cut to [0, 1] "
+    "for accuracies and mAP; learned_alpha: geometric mean and interval, computed on log(alpha). "
     "vs_none_*: test top-1 minus the none baseline's, over the seeds both ran; the interval is a paired "
     "percentile bootstrap over test clips (per-clip correctness averaged over those seeds, clips resampled "
     "with replacement): it covers the choice of test clips, the t-interval the training noise.")
@@ -810,8 +816,8 @@ def format_summary_table(summary: Sequence[dict], test_clips: int | None = None)
     for b in best_alphas(summary):
         parts = []
         if "best_alpha" in b:
-            parts.append(f"best alpha by val top-1 x{b['best_alpha']:g} ({b['best_transform']}, of {b['alphas_tried']}): "
-                         f"test {_fmt(b['best_test_top1_mean'])}")
+            parts.append(f"best alpha by val top-1 x{b['best_alpha']:g} ({b['best_transform']}, "
+                         f"of {b['alphas_tried']}): test {_fmt(b['best_test_top1_mean'])}")
         if "learned_alpha_mean" in b:
             parts.append(f"learned alpha {_fmt(b['learned_alpha_mean'], '.2f')}"
                          f"{_bracket(b['learned_alpha_low'], b['learned_alpha_high'], '.2f')}: "

@@ -191,9 +191,29 @@ def train_epoch(model: AlphaFuseHead, optimizer: torch.optim.Optimizer, video: t
 @torch.no_grad()
 def predict_logits(model: AlphaFuseHead, video: torch.Tensor, audio: torch.Tensor,
                    chunk: int = 8192) -> torch.Tensor:
-    """Eval-mode logits, in chunks so a 180k-clip split does not need 180k activations at once."""
+    """Eval-mode logits, in chunks so a 180k-clip split does not need 180k activations at once.
+
+    On CPU they are computed on one thread. With more, MKL splits a matmul's sums differently
+    (a 20-clip split's loss moved in the 9th digit between 1 and 2 threads), so the same head
+    would score differently on machines with other core counts, and a grid's single-threaded
+    workers would disagree with a fuse run. Training at the paper's batch of 8 is unaffected.
+    """
     model.eval()
-    return torch.cat([model(video[i:i + chunk], audio[i:i + chunk]) for i in range(0, len(video), chunk)])
+    with single_thread(video.device.type == "cpu"):
+        return torch.cat([model(video[i:i + chunk], audio[i:i + chunk]) for i in range(0, len(video), chunk)])
+
+
+@contextmanager
+def single_thread(active: bool = True):
+    """Run the block with one torch thread (when ``active``), then restore the caller's count."""
+    previous = torch.get_num_threads()
+    if active and previous != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def evaluate(model: AlphaFuseHead, video: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> dict:

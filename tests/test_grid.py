@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from cache import CacheError, write_split
-from fuse import TrainConfig, fuse_run, load_splits, train_head, train_heads_stacked
+from fuse import AlphaFuseHead, TrainConfig, fuse_run, load_splits, predict_logits, train_head, train_heads_stacked
 from fuse.grid import (RESULT_COLUMNS, config_key, configs_from_options, describe, format_summary_table,
                        paper_preset, parse_alphas, run_grid, summarize, sweep)
 from fuse.stats import mean_interval, paired_bootstrap
@@ -180,12 +180,23 @@ def test_summary_pairs_each_seed_with_the_baseline_of_that_seed():
                      "target": cfg.target, "transform": cfg.transform, "alpha": cfg.alpha, "seed": seed,
                      **{m: right / 10 for m in ("val_top1", "test_top1", "test_top5", "test_map")},
                      "test_loss": 1.0, "val_loss": 1.0, "best_epoch": 3, "learned_alpha": None})
+    learned = TrainConfig(transform="learned", target="audio")
+    for seed, alpha in ((0, 0.5), (1, 2.0)):
+        rows.append({**rows[seed], "_key": config_key(learned), "config": describe(learned), "transform": "learned",
+                     "alpha": None, "learned_alpha": alpha, "test_top1": 0.95 + 0.05 * seed})
+        predicted.append(predicted[seed])
     summary = {s["transform"]: s for s in summarize(rows, np.stack(predicted), labels, resamples=500)}
     assert summary["scale"]["seeds"] == 3 and summary["scale"]["vs_none_seeds"] == 2
     assert summary["scale"]["vs_none_diff"] == pytest.approx(0.1)     # (7 + 6) / 2 - (5 + 6) / 2 clips of 10
     assert summary["scale"]["test_top1_mean"] == pytest.approx(13 / 30)
     assert summary["none"]["vs_none_diff"] == 0.0
     assert summary["none"]["learned_alpha_mean"] is None
+    # The learned alpha is averaged in log space (the parameter trained): 0.5 and 2 average to 1,
+    # and the interval stays positive. Accuracy intervals are cut to [0, 1].
+    alpha = summary["learned"]
+    assert alpha["learned_alpha_mean"] == pytest.approx(1.0) and 0 < alpha["learned_alpha_low"] < 1
+    assert alpha["learned_alpha_high"] == pytest.approx(1 / alpha["learned_alpha_low"])
+    assert alpha["test_top1_mean"] == pytest.approx(0.975) and alpha["test_top1_high"] == 1.0
 
 
 # -- running a grid --------------------------------------------------------------------------
@@ -226,13 +237,13 @@ def test_preset_end_to_end_writes_results_summary_and_plots(preset):
 
 
 def test_grid_rows_equal_single_fuse_runs(splits, preset, tmp_path):
-    """What `cli.py fuse` reports for a configuration and seed is what the grid reports
-    (with one torch thread: more threads may round evaluation matmuls differently)."""
+    """What `cli.py fuse` reports for a configuration and seed is what the grid reports, though
+    the grid's workers have one thread and this process two (see predict_logits)."""
     _, result = preset
     train, val, test = splits
     picked = [r for r in result.rows if (r["transform"], r["target"], r["seed"]) in
               {("none", "", 1), ("neg_scalar", "video", 0), ("none", "", 0)} or r["modalities"] == "audio"][:4]
-    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 2
     for row in picked:
         cfg = replace(SMALL, modalities=row["modalities"], transform=row["transform"], alpha=row["alpha"],
                       target=row["target"] or "audio", seed=row["seed"])
@@ -241,6 +252,17 @@ def test_grid_rows_equal_single_fuse_runs(splits, preset, tmp_path):
         assert row["test_map"] == metrics["test"]["map"] and row["test_loss"] == metrics["test"]["loss"]
         assert row["val_top1"] == metrics["val"]["top1"] and row["val_loss"] == metrics["val"]["loss"]
         assert row["best_epoch"] == metrics["best_epoch"]
+
+
+def test_evaluation_does_not_depend_on_the_thread_count():
+    torch.manual_seed(0)
+    model = AlphaFuseHead(768, 768, 10)
+    video, audio = torch.randn(20, 768), torch.randn(20, 768)
+    torch.set_num_threads(2)
+    logits = predict_logits(model, video, audio)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    assert torch.equal(predict_logits(model, video, audio), logits)
 
 
 def test_joblib_and_vectorized_give_identical_results(splits, preset, tmp_path):
@@ -264,7 +286,8 @@ def test_stacked_training_reproduces_train_head_bit_for_bit(splits):
     base = replace(SMALL, epochs=3, dropout=0.5)
     configs = [replace(base, transform=t, target=g, alpha=a, seed=s, modalities=m) for t, g, a, s, m in [
         ("none", "audio", None, 0, "both"), ("sqrt", "video", None, 0, "both"), ("scale", "audio", 0.3, 1, "both"),
-        ("learned", "video", None, 1, "both"), ("none", "audio", None, 2, "video"), ("pos_scalar", "audio", 2.0, 0, "audio"),
+        ("learned", "video", None, 1, "both"), ("none", "audio", None, 2, "video"),
+        ("pos_scalar", "audio", 2.0, 0, "audio"),
     ]]
     torch.set_num_threads(1)
     for cfg, stacked in zip(configs, train_heads_stacked(train, val, configs)):
