@@ -169,7 +169,6 @@ def _extract_one(extract_split, manifest, split, cache, video_model, audio_model
                 overwrite=overwrite, shard=shard, on_batch=on_batch)
         except (CacheError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
-        bar.update(summary.skipped)
     return summary
 
 

@@ -158,13 +158,22 @@ def check_compatible(*splits: FeatureSplit) -> None:
         return
     first = splits[0]
     for other in splits[1:]:
+        for name in ("video", "audio"):
+            got, want = getattr(other, name).shape[1], getattr(first, name).shape[1]
+            if got != want:
+                raise CacheError(f"{_where(other)} has {got}-d {name} embeddings but {_where(first)} has {want}-d; "
+                                 f"use caches extracted with the same backbones")
         for what in ("backbones", "preprocessing", "label_names"):
             a, b = getattr(first, what), getattr(other, what)
             if a != b:
                 raise CacheError(
-                    f"{other.path or other.split} and {first.path or first.split} differ in {what}: "
+                    f"{_where(other)} and {_where(first)} differ in {what}: "
                     f"{_first_difference(a, b)}. Re-extract them with the same settings."
                 )
+
+
+def _where(features: FeatureSplit) -> str:
+    return str(features.path) if features.path is not None else f"split {features.split!r}"
 
 
 def _first_difference(a, b, prefix="") -> str:

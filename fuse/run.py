@@ -58,8 +58,6 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
     cfg = cfg if cfg is not None else TrainConfig()
     held_out = {name: split for name, split in (("val", val), ("test", test)) if split is not None}
     check_compatible(train, *held_out.values())
-    for split in held_out.values():
-        _check_dims(split, train.video.shape[1], train.audio.shape[1], f"the train split {_where(train)}")
     out_dir = _prepare_out_dir(out_dir, overwrite)
 
     result = train_head(train, val, cfg)
@@ -173,14 +171,6 @@ def _where(split: FeatureSplit) -> str:
     return str(split.path) if split.path is not None else repr(split.split)
 
 
-def _check_dims(split: FeatureSplit, video_dim: int, audio_dim: int, against: str) -> None:
-    for name, dim in (("video", video_dim), ("audio", audio_dim)):
-        got = getattr(split, name).shape[1]
-        if got != dim:
-            raise CacheError(f"{_where(split)} has {got}-d {name} embeddings but {against} has {dim}-d; "
-                             f"use caches extracted with the same backbones")
-
-
 def _check_matches_run(split: FeatureSplit, meta: dict, model: AlphaFuseHead) -> None:
     # check_compatible compares FeatureSplits, so describe the run as an empty one.
     cfg = model.config
@@ -192,7 +182,6 @@ def _check_matches_run(split: FeatureSplit, meta: dict, model: AlphaFuseHead) ->
         check_compatible(as_split, split)
     except CacheError as exc:
         raise CacheError(f"cannot evaluate run {meta['run_dir']} on {_where(split)}: {exc}") from exc
-    _check_dims(split, cfg["video_dim"], cfg["audio_dim"], f"run {meta['run_dir']}")
 
 
 def _classes_present(split: FeatureSplit) -> set[str]:

@@ -257,10 +257,6 @@ def _check_splits(train: FeatureSplit, val: FeatureSplit | None) -> None:
         raise ValueError(f"val split {val.path or val.split!r} has no clips; pass no val split to "
                          f"train without validation (the last epoch is then reported)")
     check_compatible(train, val)
-    for name in ("video", "audio"):
-        if getattr(train, name).shape[1] != getattr(val, name).shape[1]:
-            raise ValueError(f"{name} embeddings are {getattr(train, name).shape[1]}-d in train but "
-                             f"{getattr(val, name).shape[1]}-d in val; extract both with the same backbone")
 
 
 @contextmanager

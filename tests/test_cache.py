@@ -69,6 +69,9 @@ def test_check_compatible_names_the_difference():
     with pytest.raises(CacheError, match="label_names"):
         check_compatible(a, _features(label_names=["a", "b", "z"]))
     check_compatible(a, _features(seed=3))
+    wider = _features(video=np.zeros((5, 8)))
+    with pytest.raises(CacheError, match="has 8-d video embeddings but split 'train' has 4-d"):
+        check_compatible(a, wider)
 
 
 def test_parts_resume_and_merge_in_manifest_order(tmp_path):

@@ -3,12 +3,12 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from cache import read_split
 from data import ClipDataset, read_manifest
+from data.synth import write_clip
 from extract import CheckpointError, load_ast, load_timesformer
 from extract.runner import extract_split
 from fuse import TrainConfig, fuse_run, load_run
@@ -53,6 +53,27 @@ def test_cached_path_equals_end_to_end_on_real_clips(subset_dir, tmp_path, trans
     end_to_end = _end_to_end_logits(model, manifest, features.clip_ids)
     assert cached.shape == (6, len(manifest.label_names))
     assert (cached - end_to_end).abs().max() < PARITY_TOL
+
+
+def test_cached_path_equals_end_to_end_on_synthesized_clips(tmp_path):
+    # Awkward but readable clips: odd and portrait sizes, no audio, 5.1 audio, variable frame rate.
+    root = tmp_path / "clips"
+    write_clip(root / "odd.mp4", duration=1.0, size=(65, 33))
+    write_clip(root / "portrait.mkv", duration=1.5, size=(36, 64), channels=2, sample_rate=48000)
+    write_clip(root / "silent.mp4", duration=1.0, size=(48, 48), audio=False)
+    write_clip(root / "surround.mp4", duration=1.0, size=(64, 48), channels=6)
+    write_clip(root / "vfr.mp4", frame_times=[0, 0.04, 0.3, 0.31, 0.9, 1.0], size=(64, 48))
+    write_clip(root / "short.mp4", duration=0.2, fps=25, size=(32, 32))
+    names = ["odd.mp4", "portrait.mkv", "silent.mp4", "surround.mp4", "vfr.mp4", "short.mp4"]
+    (root / "manifest.csv").write_text("path,label,split\n" + "".join(
+        f"{n},{'ab'[i % 2]},train\n" for i, n in enumerate(names)))
+    manifest = read_manifest(root / "manifest.csv")
+    features = _extract_and_fuse(manifest, "train", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
+                                 TrainConfig(transform="scale", alpha=2.0, target="video", epochs=2, hidden=(16,)))
+    assert len(features) == 6 and not features.has_audio[features.clip_ids.index("silent")]
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    cached = _cached_logits(tmp_path / "run", features)
+    assert (cached - _end_to_end_logits(model, manifest, features.clip_ids)).abs().max() < PARITY_TOL
 
 
 def test_parity_with_checkpoints_and_three_views(subset_dir, tmp_path):
