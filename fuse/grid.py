@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from cache import FeatureSplit, check_compatible
 
 from .metrics import score
-from .run import _atomic
+from .run import _atomic, prepare_out_dir
 from .stats import mean_interval, paired_bootstrap
 from .train import (TrainConfig, TrainResult, predict_logits, single_thread, stack_key, train_head,
                      train_heads_stacked)
@@ -485,12 +485,7 @@ def _check_splits(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSp
 
 
 def _prepare_out_dir(out_dir, overwrite: bool) -> Path:
-    out = Path(out_dir)
-    existing = [n for n in (RESULTS_FILE, SUMMARY_JSON) if (out / n).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a grid ({', '.join(existing)}); choose another output "
-                              f"directory, remove it, or pass overwrite=True")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir, overwrite, (RESULTS_FILE, SUMMARY_JSON), "grid")
     # The finished-grid marker goes first; then whatever an overwritten grid drew that this one may not.
     for name in (SUMMARY_JSON, ALPHA_CURVE_FILE, BARS_FILE):
         (out / name).unlink(missing_ok=True)

@@ -58,7 +58,7 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
     cfg = cfg if cfg is not None else TrainConfig()
     held_out = {name: split for name, split in (("val", val), ("test", test)) if split is not None}
     check_compatible(train, *held_out.values())
-    out_dir = _prepare_out_dir(out_dir, overwrite)
+    out_dir = prepare_out_dir(out_dir, overwrite)
 
     result = train_head(train, val, cfg)
     scores, predicted = _score_best_and_last(result, held_out)
@@ -198,11 +198,12 @@ def _unseen(split: FeatureSplit, seen: set[str]) -> list[str]:
     return unseen
 
 
-def _prepare_out_dir(out_dir, overwrite: bool) -> Path:
+def prepare_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run") -> Path:
+    """Create ``out_dir``, refusing one that already holds a ``what`` (any of ``markers``) unless ``overwrite``."""
     out_dir = Path(out_dir)
-    existing = [name for name in (HEAD_FILE, METRICS_FILE) if (out_dir / name).exists()]
+    existing = [name for name in markers if (out_dir / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(existing)}); choose another "
+        raise FileExistsError(f"{out_dir} already holds a {what} ({', '.join(existing)}); choose another "
                               f"output directory, remove it, or pass overwrite=True")
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
