@@ -14,8 +14,8 @@ from .metrics import score
 from .plots import confusion_matrix_plot, learning_curves
 from .stats import mean_interval, paired_bootstrap
 from .run import evaluate_run, fuse_run, load_run, load_splits, write_predictions
-from .train import (TrainConfig, TrainResult, evaluate, predict_logits, select_best_epoch, train_epoch,
-                    train_head, train_heads_stacked)
+from .stacked import train_heads_stacked
+from .train import TrainConfig, TrainResult, evaluate, predict_logits, select_best_epoch, train_epoch, train_head
 from .transforms import (DEFAULT_ALPHA, MODALITIES, TARGET_ALIASES, TRANSFORM_HELP, TRANSFORMS, ScaledConcat,
                          apply_transform, resolve_target, validate_transform)
 

@@ -44,8 +44,8 @@ from cache import FeatureSplit, check_compatible
 from .metrics import score
 from .run import _atomic, prepare_out_dir
 from .stats import mean_interval, paired_bootstrap
-from .train import (TrainConfig, TrainResult, predict_logits, single_thread, stack_key, train_head,
-                     train_heads_stacked)
+from .stacked import stack_key, train_heads_stacked
+from .train import TrainConfig, TrainResult, predict_logits, single_thread, train_head
 from .transforms import DEFAULT_ALPHA, TRANSFORMS, resolve_target, validate_transform
 
 log = logging.getLogger(__name__)
