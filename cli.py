@@ -471,12 +471,13 @@ def demo(workdir, seeds, clips_per_class, jobs):
     random-weight backbones (or the checkpoints the config names), trains one head and runs
     the paper's grid, and writes report.md with the plots. Run again, it reuses what it made.
     """
-    from cache import split_path
+    from cache import read_split, split_path
     from data import read_manifest
     from data.demo import CLASSES, make_demo_dataset
     from extract import load_ast, load_timesformer
     from extract.runner import extract_split
     from fuse import TrainConfig, fuse_run
+    from fuse.grid import format_summary_table
 
     work = Path(workdir).resolve()
     total = len(CLASSES) * clips_per_class
@@ -502,7 +503,6 @@ def demo(workdir, seeds, clips_per_class, jobs):
             _print_summary(summary)
 
     runs = Path(s.get("run_dir", None, path=True))
-    from cache import read_split
     splits = {name: read_split(split_path(cache, name)) for name in ("train", "val", "test")}
     single = runs / "neg_scalar-audio"
     if not (single / "metrics.json").exists():
@@ -515,7 +515,6 @@ def demo(workdir, seeds, clips_per_class, jobs):
     else:
         result = run_grid_command(cache, grid_dir, TrainConfig(), preset="paper", seeds=seeds, jobs=jobs,
                                   overwrite=True)
-        from fuse.grid import format_summary_table
         table = format_summary_table(result.summary, len(result.test_labels))
         (grid_dir / "table.txt").write_text(table + "\n")
     report = _write_demo_report(work, grid_dir, single, table, arch, bool(video_ckpt and audio_ckpt))
