@@ -17,6 +17,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .checkpoint import build_backbone, drop_keys, strip_prefixes
+from .registry import register_backbone
+
+__all__ = ["AudioSpectrogramTransformer", "load_ast"]
 
 ARCHS = {
     "base": dict(embed_dim=768, depth=12, num_heads=12),
@@ -113,6 +116,8 @@ def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.T
     return torch.cat((tokens, grid_embed.reshape(1, D, f_dim * t_dim).transpose(1, 2)), dim=1)
 
 
+@register_backbone("ast", modality="audio",
+                   help="AST (YuanGongND/ast): mean of final-norm CLS and distillation tokens, 768-d")
 def load_ast(checkpoint=None, input_tdim: int = 1024, fstride: int = 10, tstride: int = 10,
              arch: str = "base", seed: int = 0) -> AudioSpectrogramTransformer:
     """A frozen, eval-mode AST whose ``forward(fbank)`` maps (B, input_tdim, 128) to (B, 768).

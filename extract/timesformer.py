@@ -19,6 +19,9 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from .checkpoint import build_backbone, drop_keys, strip_prefixes
+from .registry import register_backbone
+
+__all__ = ["TimeSformer", "load_timesformer"]
 
 ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
 
@@ -179,6 +182,8 @@ def detect_attention_type(state_dict: dict) -> str | None:
     return "joint_space_time" if "time_embed" in state_dict else "space_only"
 
 
+@register_backbone("timesformer", modality="video",
+                   help="TimeSformer (facebookresearch/TimeSformer): final-norm CLS token, 768-d")
 def load_timesformer(checkpoint=None, num_frames: int = 8, img_size: int = 224,
                      attention_type: str = "divided_space_time", arch: str = "base",
                      seed: int = 0) -> TimeSformer:
