@@ -47,7 +47,7 @@ def test_round_trip_is_plain_h5py_readable(tmp_path):
     with h5py.File(tmp_path / "train.h5") as f:  # the documented layout, without alphafuse
         assert f["video"].shape == (5, 4) and f["video"].dtype == np.float32
         assert json.loads(f.attrs["label_names"]) == ["a", "b", "c"]
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -63,15 +63,67 @@ def test_bad_files_are_named(tmp_path):
 
 def test_check_compatible_names_the_difference():
     a = _features()
-    b = _features(backbones={"video": {"fingerprint": "sha256:x"}, "audio": {"fingerprint": "random:2"}})
+
+    def other(**changes):
+        return _features(split="val", clip_ids=[f"v{i}" for i in range(5)], **changes)
+
+    b = other(backbones={"video": {"fingerprint": "sha256:x"}, "audio": {"fingerprint": "random:2"}})
     with pytest.raises(CacheError, match=r"backbones: video\.fingerprint"):
         check_compatible(a, b)
     with pytest.raises(CacheError, match="label_names"):
-        check_compatible(a, _features(label_names=["a", "b", "z"]))
-    check_compatible(a, _features(seed=3))
-    wider = _features(video=np.zeros((5, 8)))
-    with pytest.raises(CacheError, match="has 8-d video embeddings but split 'train' has 4-d"):
-        check_compatible(a, wider)
+        check_compatible(a, other(label_names=["a", "b", "z"]))
+    check_compatible(a, other(seed=3))
+    with pytest.raises(CacheError, match=r"video embeddings of shape \(8,\) but split 'train' has \(4,\)"):
+        check_compatible(a, other(video=np.zeros((5, 8))))
+
+
+def test_a_copied_split_or_a_clip_in_two_splits_is_refused():
+    train = _features()
+    with pytest.raises(CacheError, match="both split 'train'.*copied or renamed"):
+        check_compatible(train, _features(seed=1))            # train.h5 copied as test.h5
+    leaked = _features(split="test", clip_ids=["clip4", "t1", "t2", "t3", "t4"])
+    with pytest.raises(CacheError, match="share 1 clip.*clip4"):
+        check_compatible(train, leaked)
+
+
+def test_named_embeddings_of_any_shape_round_trip_and_read_lazily(tmp_path):
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(5, 3, 4)).astype(np.float16)
+    f = _features(embeddings={"video_tokens": tokens}, embedding_info={"video_tokens": {"what": "CLS + frames"}})
+    write_split(tmp_path / "train.h5", f)
+    eager = read_split(tmp_path / "train.h5", lazy=False)
+    assert eager.embeddings["video_tokens"].dtype == np.float16
+    np.testing.assert_array_equal(eager.embeddings["video_tokens"], tokens)
+    assert eager.embedding_info["video_tokens"] == {"what": "CLS + frames"}
+    lazy = read_split(tmp_path / "train.h5", lazy=True)
+    rows = lazy.embeddings["video_tokens"][np.array([4, 0, 4, 2])]     # unsorted, repeated
+    np.testing.assert_array_equal(rows, tokens[[4, 0, 4, 2]])
+    only = read_split(tmp_path / "train.h5", names=["audio"])
+    assert list(only.embeddings) == ["audio"]
+    with pytest.raises(CacheError, match="has no embedding 'joint'"):
+        read_split(tmp_path / "train.h5", names=["joint"])
+
+
+def test_version_1_files_still_open(tmp_path):
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f["clip_id"] = np.array(["a", "b"], dtype=object)
+        f["label"] = np.array([0, 1])
+        f["video"] = np.ones((2, 4), np.float32)
+        f["audio"] = np.zeros((2, 3), np.float32)
+        f["has_audio"] = np.array([True, False])
+        f["errors/clip_id"] = np.array([], dtype=object).astype("S1")
+        f["errors/reason"] = np.array([], dtype=object).astype("S1")
+        f.attrs.update(schema_version=1, split="train", label_names='["x", "y"]', backbones="{}",
+                       preprocessing="{}")
+    old = read_split(tmp_path / "old.h5")
+    assert old.video.shape == (2, 4) and old.audio.shape == (2, 3) and list(old.embeddings) == ["video", "audio"]
+
+
+def test_non_finite_embeddings_are_refused_naming_the_clips():
+    video = np.zeros((5, 4))
+    video[3, 1] = np.nan
+    with pytest.raises(CacheError, match=r"'video' is NaN or infinite for 1 clip\(s\) \(clip3\)"):
+        _features(video=video)
 
 
 def test_parts_resume_and_merge_in_manifest_order(tmp_path):
