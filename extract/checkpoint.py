@@ -10,6 +10,9 @@ import json
 import logging
 import os
 import pickle
+import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -26,10 +29,44 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, or does not fit the backbone asked for."""
 
 
+# The only non-tensor Python types a checkpoint may hold without --trust-checkpoint: what the
+# published TimeSformer (.pyth: epoch, cfg string, optimizer state), AST, CAV-MAE, TSM and TSAM
+# files carry (plain containers, numbers, strings, numpy scalars and arrays in training
+# records). Anything else could run code while it is unpickled.
+def _allowed_globals() -> list:
+    import argparse
+    import collections
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
+               argparse.Namespace, collections.OrderedDict]
+    allowed += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")]
+    return allowed
+
+
+_TRUSTED: ContextVar[bool] = ContextVar("alphafuse_trust_checkpoints", default=False)
+
+
+@contextmanager
+def trusted_checkpoints(trust: bool = True):
+    """Inside this block, checkpoints that fail the safe load are fully unpickled (they can run
+    code: only for files from a source you trust). The CLI's --trust-checkpoint enters it."""
+    token = _TRUSTED.set(trust)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file and return its model state dict, unwrapped from training wrappers.
 
-    Optimizer state, epoch counters and configs stored beside the weights are dropped here.
+    The file is read with ``torch.load(weights_only=True)`` and the allow-list above; a file
+    that needs any other Python object is refused, naming it, unless inside
+    :func:`trusted_checkpoints`. Optimizer state, epoch counters and configs stored beside the
+    weights are dropped here.
     """
     path = Path(path)
     if not path.is_file():
@@ -37,22 +74,44 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Published .pyth files can carry pickled config objects that the safe loader refuses.
-        log.warning("%s holds non-tensor Python objects; loading it with full unpickling "
-                    "(do this only for checkpoints from a source you trust)", path)
+        with torch.serialization.safe_globals(_allowed_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path, exc)
+        if unsafe is None:      # not a pickle of Python objects at all: garbage, truncated, ...
+            found = re.search(r"Unsupported operand[^\n]*|invalid load key[^\n]*", str(exc))
+            detail = found.group(0).strip() if found else "not a pickle of tensors"
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
+        if not _TRUSTED.get():
+            raise CheckpointError(f"{path}: refused: it holds Python objects that can run code when loaded "
+                                  f"({unsafe}); if you trust its source, load it with --trust-checkpoint "
+                                  f"(or trust_checkpoint = true in the config)") from None
+        log.warning("%s: fully unpickling a checkpoint that holds %s, as asked", path, unsafe)
         obj = _load_or_fail(path, weights_only=False)
     except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors, ...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
     return unwrap_state_dict(obj, path)
+
+
+def _unsafe_globals(path: Path, exc: BaseException) -> str | None:
+    """The globals outside the allow-list that made the safe load fail, or None if none did."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        found = []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _allowed_globals()}
+    found = [g for g in found if g not in allowed]
+    if found:
+        return "global " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+    match = re.search(r"GLOBAL ([\w.]+)|Unsupported global: ([\w.]+)", str(exc))
+    return f"global {match.group(1) or match.group(2)}" if match else None
 
 
 def _load_or_fail(path: Path, weights_only: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
 
 
 def _one_line(exc: BaseException) -> str:

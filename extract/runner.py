@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cache import SplitWriter
+from cache import SplitWriter, source_stamp
 from data import AudioConfig, ClipDataset, Manifest, VideoConfig
 
 from .checkpoint import describe
@@ -71,13 +71,22 @@ def preprocessing_for(video_model, audio_model, spatial_crops: int = 1) -> tuple
             AudioConfig(target_length=ac["input_tdim"]))
 
 
-def cache_signature(split, label_names, video_model, audio_model, video_cfg, audio_cfg) -> dict:
+def cache_signature(split, label_names, video_model, audio_model, video_cfg, audio_cfg,
+                    precision: str = "fp32") -> dict:
+    """What the embeddings depend on (SIGNATURE_KEYS of cache/parts.py), plus labels and sources."""
+    views = video_cfg.spatial_crops
+    video_shape = [views, video_model.embed_dim] if views > 1 else [video_model.embed_dim]
     return {
         "split": split,
         "label_names": list(label_names),
         "backbones": {"video": describe(video_model), "audio": describe(audio_model)},
         "preprocessing": {"video": video_cfg.to_dict(), "audio": audio_cfg.to_dict()},
-        "dims": {"video": video_model.embed_dim, "audio": audio_model.embed_dim},
+        "embeddings": {
+            "video": {"shape": video_shape, "dtype": "float32", **({"views": views} if views > 1 else {})},
+            "audio": {"shape": [audio_model.embed_dim], "dtype": "float32"},
+        },
+        # fp32 and bf16 embeddings differ by more than noise: never mixed in one file.
+        "extraction": {"precision": precision},
         "sources": {"video": video_model.checkpoint, "audio": audio_model.checkpoint},
     }
 
@@ -105,9 +114,20 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model, audio_
 
     clips = manifest.split(split)[:limit] if limit else manifest.split(split)
     video_cfg, audio_cfg = preprocessing_for(video_model, audio_model, spatial_crops)
-    meta = cache_signature(split, manifest.label_names, video_model, audio_model, video_cfg, audio_cfg)
-    writer = SplitWriter(cache_dir, split, meta, order=[c.clip_id for c in clips], shard=shard, overwrite=overwrite)
-    mine = clips[k::n]
+    meta = cache_signature(split, manifest.label_names, video_model, audio_model, video_cfg, audio_cfg, precision)
+    label_index = {name: i for i, name in enumerate(manifest.label_names)}
+    writer = SplitWriter(cache_dir, split, meta, [(c.clip_id, label_index[c.label], source_stamp(c.path)) for c in clips],
+                         shard=shard, overwrite=overwrite)
+    try:
+        return _run(writer, clips[k::n], manifest, split, video_model, audio_model, video_cfg, audio_cfg, dev,
+                    batch_size, workers, precision, shard, on_batch)
+    finally:
+        writer.close()
+
+
+def _run(writer, mine, manifest, split, video_model, audio_model, video_cfg, audio_cfg, dev, batch_size, workers,
+         precision, shard, on_batch) -> ExtractionSummary:
+    k, n = shard
     done = writer.done_ids()
     todo = [c for c in mine if c.clip_id not in done]
     summary = ExtractionSummary(split=split, cache_path=None, total=len(mine), skipped=len(mine) - len(todo))
@@ -133,11 +153,12 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model, audio_
             tick = time.perf_counter()
             video_emb, audio_emb = embed_batch(video_model, audio_model, batch, dev, precision)
             summary.model_s += time.perf_counter() - tick
-            writer.write_batch(batch["clip_id"], batch["label"].numpy(), video_emb, audio_emb,
-                               batch["has_audio"].numpy(), batch["failed"])
-            summary.written += len(batch["clip_id"])
-            summary.failed += batch["failed"]
-            summary.without_audio += int((~batch["has_audio"]).sum())
+            ids, keep, failed = _finite_rows(batch, video_emb, audio_emb, precision)
+            writer.write_batch(ids, batch["label"].numpy()[keep], {"video": video_emb[keep], "audio": audio_emb[keep]},
+                               batch["has_audio"].numpy()[keep], failed)
+            summary.written += len(ids)
+            summary.failed += failed
+            summary.without_audio += int((~batch["has_audio"].numpy()[keep]).sum())
             if on_batch:
                 on_batch(len(batch["clip_id"]) + len(batch["failed"]), summary)
         summary.interrupted = stop.is_set()
@@ -145,6 +166,16 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model, audio_
     if not summary.interrupted:
         summary.cache_path = writer.finish()
     return summary
+
+
+def _finite_rows(batch, video_emb, audio_emb, precision):
+    """Clips whose embeddings are finite, and the others as errors (a NaN must never reach a head)."""
+    finite = np.isfinite(video_emb.reshape(len(video_emb), -1)).all(1) & np.isfinite(audio_emb).all(1)
+    ids = [c for c, ok in zip(batch["clip_id"], finite) if ok]
+    hint = " (try --precision fp32)" if precision != "fp32" else ""
+    failed = list(batch["failed"]) + [(c, f"the backbones gave NaN or infinite embeddings{hint}")
+                                      for c, ok in zip(batch["clip_id"], finite) if not ok]
+    return ids, np.flatnonzero(finite), failed
 
 
 def embed_batch(video_model, audio_model, batch: dict, device: torch.device, precision: str = "fp32"):
@@ -162,10 +193,13 @@ def embed_batch(video_model, audio_model, batch: dict, device: torch.device, pre
 
 
 def embed_video(video_model, video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) -> (B, D); (B, views, 3, T, H, W) -> the mean of the views' embeddings."""
+    """(B, 3, T, H, W) -> (B, D); (B, views, 3, T, H, W) -> one embedding per view, (B, views, D).
+
+    Views are kept apart: evaluation averages the views' scores (TimeSformer's multi-view test).
+    """
     if video.ndim == 6:
         views = video.shape[1]
-        return video_model(video.flatten(0, 1)).unflatten(0, (-1, views)).mean(dim=1)
+        return video_model(video.flatten(0, 1)).unflatten(0, (-1, views))
     return video_model(video)
 
 

@@ -13,9 +13,11 @@ import pytest
 from cache import CacheError, FeatureSplit, SplitWriter, check_compatible, merge_parts, read_split, write_split
 from tests.conftest import REPO
 
-META = {"split": "train", "label_names": ["a", "b", "c"], "dims": {"video": 4, "audio": 3},
+META = {"split": "train", "label_names": ["a", "b", "c"],
+        "embeddings": {"video": {"shape": [4], "dtype": "float32"}, "audio": {"shape": [3], "dtype": "float32"}},
         "backbones": {"video": {"fingerprint": "random:1"}, "audio": {"fingerprint": "random:2"}},
-        "preprocessing": {"video": {"num_frames": 8}}, "sources": {"video": None, "audio": None}}
+        "preprocessing": {"video": {"num_frames": 8}}, "extraction": {"precision": "fp32"},
+        "sources": {"video": None, "audio": None}}
 
 
 def _features(n=5, seed=0, **changes):
@@ -31,8 +33,17 @@ def _features(n=5, seed=0, **changes):
 def _batch(ids, seed):
     rng = np.random.default_rng(seed)
     n = len(ids)
-    return dict(clip_ids=ids, labels=rng.integers(0, 3, n), video=rng.normal(size=(n, 4)),
-                audio=rng.normal(size=(n, 3)), has_audio=np.ones(n, bool))
+    return dict(clip_ids=ids, labels=rng.integers(0, 3, n),
+                embeddings={"video": rng.normal(size=(n, 4)).astype(np.float32),
+                            "audio": rng.normal(size=(n, 3)).astype(np.float32)},
+                has_audio=np.ones(n, bool))
+
+
+def _clips(ids, labels=None, stamps=None):
+    """The (clip_id, label index, source stamp) rows a manifest gives a SplitWriter."""
+    labels = labels or {}
+    stamps = stamps or {}
+    return [(c, labels.get(c, i % 3), stamps.get(c, f"{c}.mp4:1:1")) for i, c in enumerate(ids)]
 
 
 def test_round_trip_is_plain_h5py_readable(tmp_path):
@@ -128,63 +139,145 @@ def test_non_finite_embeddings_are_refused_naming_the_clips():
 
 def test_parts_resume_and_merge_in_manifest_order(tmp_path):
     order = [f"c{i}" for i in range(6)]
-    w = SplitWriter(tmp_path, "train", META, order)
+    w = SplitWriter(tmp_path, "train", META, _clips(order))
     w.write_batch(**_batch(["c3", "c1"], 0), errors=[("c5", "file not found")])
+    w.close()
     # A new run (after a crash) sees what is done and continues numbering.
-    w2 = SplitWriter(tmp_path, "train", META, order)
+    w2 = SplitWriter(tmp_path, "train", META, _clips(order))
     assert w2.done_ids() == {"c1", "c3", "c5"}
     w2.write_batch(**_batch(["c0", "c2", "c4"], 1))
     path = w2.finish()
     f = read_split(path)
     assert f.clip_ids == ["c0", "c1", "c2", "c3", "c4"]
+    assert f.labels.tolist() == [0, 1, 2, 0, 1]          # the manifest's labels, not the batch's
     assert f.errors == [("c5", "file not found")]
     assert not (tmp_path / "train.parts").exists()
 
 
 def test_mismatched_resume_is_refused_unless_overwrite(tmp_path):
-    SplitWriter(tmp_path, "train", META, ["a"]).write_batch(**_batch(["a"], 0))
+    w = SplitWriter(tmp_path, "train", META, _clips(["a"]))
+    w.write_batch(**_batch(["a"], 0))
+    w.close()
     other = {**META, "backbones": {"video": {"fingerprint": "sha256:abc"}, "audio": {"fingerprint": "random:2"}}}
     with pytest.raises(CacheError, match="other backbones.*--overwrite"):
-        SplitWriter(tmp_path, "train", other, ["a"])
-    fresh = SplitWriter(tmp_path, "train", other, ["a"], overwrite=True)
+        SplitWriter(tmp_path, "train", other, _clips(["a"]))
+    bf16 = {**META, "extraction": {"precision": "bf16"}}
+    with pytest.raises(CacheError, match="other extraction"):
+        SplitWriter(tmp_path, "train", bf16, _clips(["a"]))
+    fresh = SplitWriter(tmp_path, "train", other, _clips(["a"]), overwrite=True)
     assert fresh.done_ids() == set()
+    fresh.close()
     # The checkpoint's location is recorded but not compared.
-    SplitWriter(tmp_path, "train", {**other, "sources": {"video": "/elsewhere.pyth", "audio": None}}, ["a"])
+    SplitWriter(tmp_path, "train", {**other, "sources": {"video": "/elsewhere.pyth", "audio": None}},
+                _clips(["a"])).close()
 
 
 def test_finished_cache_is_extended_not_redone(tmp_path):
-    w = SplitWriter(tmp_path, "train", META, ["a", "b"])
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b"]))
     w.write_batch(**_batch(["a", "b"], 0))
     first = read_split(w.finish())
-    w = SplitWriter(tmp_path, "train", META, ["a", "b", "c"])
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b", "c"]))
     assert w.done_ids() == {"a", "b"}
     w.write_batch(**_batch(["c"], 1))
     second = read_split(w.finish())
     assert second.clip_ids == ["a", "b", "c"]
     np.testing.assert_array_equal(second.video[:2], first.video)
-    with pytest.raises(CacheError, match="other label_names"):
-        SplitWriter(tmp_path, "train", {**META, "label_names": ["x"]}, ["a"])
+
+
+def test_manifest_edits_are_reflected_in_the_merged_file(tmp_path):
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b", "c"], labels={"a": 0, "b": 0, "c": 0}))
+    w.write_batch(**_batch(["a", "b", "c"], 0))
+    first = read_split(w.finish())
+    # b's label is corrected, c moves to another split, a new label name appears in the vocabulary.
+    relabelled = {**META, "label_names": ["a", "b", "c", "d"]}
+    w = SplitWriter(tmp_path, "train", relabelled, _clips(["a", "b"], labels={"a": 0, "b": 3}))
+    assert w.done_ids() == {"a", "b"}                      # nothing to re-extract: labels are not features
+    second = read_split(w.finish())
+    assert second.clip_ids == ["a", "b"] and second.labels.tolist() == [0, 3]
+    assert second.label_names == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(second.video, first.video[:2])
+
+
+def test_a_changed_or_reappearing_file_is_extracted_again(tmp_path):
+    stamps = {"a": "a.mp4:10:1", "b": "missing"}
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b"], stamps=stamps))
+    w.write_batch(**_batch(["a"], 0), errors=[("b", "file not found")])
+    w.finish()
+    # b's file appears, a's is replaced by another download.
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b"], stamps={"a": "a.mp4:12:5", "b": "b.mp4:3:3"}))
+    assert w.done_ids() == set()
+    w.write_batch(**_batch(["a", "b"], 7))
+    merged = read_split(w.finish())
+    assert merged.clip_ids == ["a", "b"] and merged.errors == []
+    np.testing.assert_array_equal(merged.video, _batch(["a", "b"], 7)["embeddings"]["video"])
+
+
+def test_a_second_run_on_the_same_shard_is_refused(tmp_path):
+    w = SplitWriter(tmp_path, "train", META, _clips(["a"]))
+    with pytest.raises(CacheError, match="another extraction of split 'train'.*is running"):
+        SplitWriter(tmp_path, "train", META, _clips(["a"]))
+    w.close()
+    SplitWriter(tmp_path, "train", META, _clips(["a"])).close()   # free again once the first is done
 
 
 def test_shards_merge_once_all_are_done(tmp_path):
     order = [f"c{i}" for i in range(4)]
-    s0 = SplitWriter(tmp_path, "val", {**META, "split": "val"}, order, shard=(0, 2))
-    s1 = SplitWriter(tmp_path, "val", {**META, "split": "val"}, order, shard=(1, 2))
+    val = {**META, "split": "val"}
+    s0 = SplitWriter(tmp_path, "val", val, _clips(order), shard=(0, 2))
+    s1 = SplitWriter(tmp_path, "val", val, _clips(order), shard=(1, 2))
     s0.write_batch(**_batch(["c0", "c2"], 0))
     s1.write_batch(**_batch(["c1", "c3"], 1))
     assert s0.finish() is None
     merged = read_split(s1.finish())
     assert merged.clip_ids == order
     with pytest.raises(CacheError, match="cannot be combined with sharding"):
-        SplitWriter(tmp_path, "val", META, order, shard=(0, 2), overwrite=True)
+        SplitWriter(tmp_path, "val", val, _clips(order), shard=(0, 2), overwrite=True)
 
 
-def test_merge_command_function_and_empty_folder(tmp_path):
+def test_merge_refuses_missing_shards_and_foreign_parts(tmp_path):
     with pytest.raises(CacheError, match="no extraction parts"):
         merge_parts(tmp_path, "test")
-    w = SplitWriter(tmp_path, "test", {**META, "split": "test"}, ["x", "y"], shard=(0, 2))
+    test = {**META, "split": "test"}
+    w = SplitWriter(tmp_path, "test", test, _clips(["x", "y"]), shard=(0, 2))
     w.write_batch(**_batch(["x"], 0))
-    assert read_split(merge_parts(tmp_path, "test")).clip_ids == ["x"]
+    w.finish()
+    with pytest.raises(CacheError, match=r"shard\(s\) 1/2 have not finished"):
+        merge_parts(tmp_path, "test")
+    # Shard 1 ran on another machine with another seed; its folder was copied in.
+    other_seed = {**test, "backbones": {"video": {"fingerprint": "random:9"}, "audio": {"fingerprint": "random:2"}}}
+    with pytest.raises(CacheError, match="other backbones"):
+        SplitWriter(tmp_path, "test", other_seed, _clips(["x", "y"]), shard=(1, 2))
+    elsewhere = tmp_path / "machine-b"
+    w1 = SplitWriter(elsewhere, "test", other_seed, _clips(["x", "y"]), shard=(1, 2))
+    w1.write_batch(**_batch(["y"], 1))
+    assert w1.finish() is None
+    for part in (elsewhere / "test.parts").glob("part-0001-*.h5"):
+        os.replace(part, tmp_path / "test.parts" / part.name)
+    os.replace(elsewhere / "test.parts" / "done-0001-of-0002.json", tmp_path / "test.parts" / "done-0001-of-0002.json")
+    with pytest.raises(CacheError, match="part-0001-000000.h5: made by a run with other settings"):
+        merge_parts(tmp_path, "test")
+    assert not (tmp_path / "test.h5").exists()
+
+
+def test_a_damaged_part_is_set_aside_and_its_clips_redone(tmp_path, caplog):
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b"]))
+    first = w.write_batch(**_batch(["a"], 0))
+    w.write_batch(**_batch(["b"], 1))
+    w.close()
+    first.write_bytes(b"garbage" * 10)
+    w = SplitWriter(tmp_path, "train", META, _clips(["a", "b"]))
+    assert w.done_ids() == {"b"}
+    assert "part-0000-000000.h5 cannot be read; moved aside" in caplog.text
+    assert (tmp_path / "train.parts" / "part-0000-000000.h5.damaged").exists()
+    w.write_batch(**_batch(["a"], 2))
+    assert read_split(w.finish()).clip_ids == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["../victim/notes", "", ".hidden", "a/b", "x" * 101])
+def test_split_names_that_are_not_file_names_are_refused(tmp_path, name):
+    with pytest.raises(CacheError, match="cannot name a cache file"):
+        SplitWriter(tmp_path / "cache", name, META, _clips(["a"]))
+    assert not (tmp_path / "victim").exists()
 
 
 def test_sigkill_while_writing_leaves_only_whole_parts(tmp_path):
@@ -195,11 +288,13 @@ def test_sigkill_while_writing_leaves_only_whole_parts(tmp_path):
         sys.path.insert(0, {str(REPO)!r})
         from cache import SplitWriter
         meta = {META!r}
-        w = SplitWriter({str(tmp_path)!r}, "train", meta, [f"c{{i}}" for i in range(100000)])
+        clips = [(f"c{{i}}", 0, "s") for i in range(100000)]
+        w = SplitWriter({str(tmp_path)!r}, "train", meta, clips)
         i = 0
         while True:
             ids = [f"c{{i + j}}" for j in range(64)]
-            w.write_batch(ids, np.zeros(64), np.random.rand(64, 4), np.random.rand(64, 3), np.ones(64, bool))
+            emb = {{"video": np.random.rand(64, 4).astype("f4"), "audio": np.random.rand(64, 3).astype("f4")}}
+            w.write_batch(ids, np.zeros(64), emb, np.ones(64, bool))
             i += 64
             print(i, flush=True)
     """)
@@ -208,7 +303,7 @@ def test_sigkill_while_writing_leaves_only_whole_parts(tmp_path):
         proc.stdout.readline()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    w = SplitWriter(tmp_path, "train", META, [f"c{i}" for i in range(100000)])
+    w = SplitWriter(tmp_path, "train", META, [(f"c{i}", 0, "s") for i in range(100000)])
     done = w.done_ids()
     assert len(done) % 64 == 0 and len(done) >= 15 * 64
     assert done == {f"c{i}" for i in range(len(done))}
