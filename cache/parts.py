@@ -153,7 +153,7 @@ class SplitWriter:
 
     def _refuse_if_different(self, existing: dict) -> None:
         if signature_hash(existing) != self.signature:
-            raise CacheError(_mismatch_message(self.final_path, existing, self.meta))
+            raise CacheError(_mismatch_message(self.final_path, existing, self.meta), hint="overwrite")
 
     def _own_parts(self):
         return sorted(self.dir.glob(f"part-{self.shard_index:04d}-*.h5"))
@@ -218,12 +218,12 @@ def merge_parts(cache_dir, split: str, locked=False) -> Path:
 def _check_shards_done(directory: Path) -> None:
     markers = sorted(directory.glob("done-*-of-*.json"))
     if not markers:
-        raise CacheError(f"{directory}: no shard has finished yet; run the extraction (every --shard K/N) "
-                         f"to the end first")
+        raise CacheError(f"{directory}: no shard has finished yet; run the extraction (every shard) to the "
+                         f"end first")
     counts = {int(m.stem.rsplit("-", 1)[1]) for m in markers}
     if len(counts) != 1:
         raise CacheError(f"{directory}: shards of different splittings ({', '.join(f'N={n}' for n in sorted(counts))}) "
-                         f"finished here; extract again with one --shard K/N")
+                         f"finished here; extract again with one number of shards", hint="shard")
     n = counts.pop()
     done = {int(m.stem.split("-")[1]) for m in markers}
     missing = sorted(set(range(n)) - done)
@@ -354,8 +354,8 @@ def _mismatch_message(path: Path, existing: dict, wanted: dict) -> str:
     for key in ("backbones", "preprocessing", "embeddings", "extraction", "split"):
         if existing.get(key) != wanted.get(key):
             return (f"{path}: the partial or finished cache was made with other {key} than this run; "
-                    f"start again with --overwrite, or use another --cache-dir")
-    return f"{path}: the cache was made with other settings; start again with --overwrite or use another --cache-dir"
+                    f"start again (overwrite), or use another cache folder")
+    return f"{path}: the cache was made with other settings; start again (overwrite) or use another cache folder"
 
 
 @contextmanager

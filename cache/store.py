@@ -45,7 +45,13 @@ EAGER_MAX_BYTES = 1 << 30
 
 
 class CacheError(ValueError):
-    """A cache file that is missing, unreadable, or does not match what it is used with."""
+    """A cache file that is missing, unreadable, or does not match what it is used with.
+
+    ``hint`` names the setting that would resolve it (the command line shows it as a flag)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 class LazyArray:

@@ -11,7 +11,7 @@ import pkgutil
 from .checkpoint import CheckpointError, describe
 from .registry import backbone_names, create_backbone, get_backbone, register_backbone
 
-_INFRASTRUCTURE = {"checkpoint", "registry", "runner", "backbones"}
+_INFRASTRUCTURE = {"checkpoint", "registry", "runner", "backbones", "pipeline"}
 
 __all__ = ["CheckpointError", "backbone_names", "create_backbone", "describe", "get_backbone",
            "register_backbone"]

@@ -9,6 +9,7 @@ YuanGongND/ast's ``ASTModel.v`` so that ``audioset_10_10_0.4593.pth`` loads key 
 from __future__ import annotations
 
 from functools import partial
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,10 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from data import AudioConfig
+
 from .checkpoint import build_backbone, drop_keys, strip_prefixes
-from .registry import register_backbone
+from .registry import Extras, register_backbone
 
 __all__ = ["AudioSpectrogramTransformer", "load_ast"]
 
@@ -29,6 +32,11 @@ NUM_MEL_BINS = 128
 PATCH = 16
 
 _norm = partial(nn.LayerNorm, eps=1e-6)
+
+# AST's AudioSet input, declared beside the model (YuanGongND/ast src/dataloader.py _wav2fbank
+# and __getitem__, with the AudioSet statistics of egs/audioset/run.sh): Kaldi fbank of the
+# 16 kHz mono wav, (x - mean) / (2 * std). The length is the model's input_tdim.
+PREPROCESSING = dict(norm_mean=-4.2677393, norm_std=4.5689974)
 
 
 def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
@@ -67,21 +75,62 @@ class AudioSpectrogramTransformer(nn.Module):
                 trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
-        """(B, input_tdim, 128) normalized fbank -> final-norm tokens (B, 2 + f_dim * t_dim, D)."""
+    def forward_features(self, fbank: torch.Tensor, layers: Sequence[int] = ()):
+        """(B, input_tdim, 128) normalized fbank -> final-norm tokens (B, 2 + f_dim * t_dim, D).
+
+        With ``layers`` (block indices), also returns {i: final-norm mean of CLS and distillation
+        tokens after block i}.
+        """
         if fbank.ndim != 3 or tuple(fbank.shape[1:]) != (self.input_tdim, self.input_fdim):
             raise ValueError(f"AST expects fbank of shape (B, {self.input_tdim}, {self.input_fdim}), "
                              f"got {tuple(fbank.shape)}")
         x = self.patch_embed(fbank.transpose(1, 2).unsqueeze(1))  # frequency as height, time as width
         B = x.shape[0]
         x = torch.cat((self.cls_token.expand(B, -1, -1), self.dist_token.expand(B, -1, -1), x), dim=1)
-        x = self.blocks(x + self.pos_embed)
-        return self.norm(x)
+        x = x + self.pos_embed
+        pooled_after = {}
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in layers:
+                normed = self.norm(x[:, :2])
+                pooled_after[i] = (normed[:, 0] + normed[:, 1]) / 2
+        out = self.norm(x)
+        return (out, pooled_after) if layers else out
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         """(B, input_tdim, 128) -> (B, D): mean of the CLS and distillation tokens, the input of the dropped mlp_head."""
         x = self.forward_features(fbank)
         return (x[:, 0] + x[:, 1]) / 2
+
+    # -- what extraction asks of a backbone (see extract/registry.py) --------------------------
+
+    def input_specs(self, modality: str = "audio") -> dict:
+        return {"audio": AudioConfig(**PREPROCESSING, target_length=self.input_tdim, num_mel_bins=self.input_fdim)}
+
+    def embedding_shapes(self, modality: str = "audio", extras: Extras = Extras()) -> dict:
+        D = self.embed_dim
+        shapes = {"audio": (D,)}
+        if extras.tokens:
+            shapes["audio_tokens"] = (2 + self.grid[1], D)
+        if extras.layers is not None:
+            shapes["audio_layers"] = (len(extras.layer_indices(len(self.blocks))), D)
+        return shapes
+
+    def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
+        """{"audio": fbank (B, T, 128)} -> {"audio": (B, D)} and, when asked, ``audio_tokens``: CLS,
+        distillation, then each time step's patch tokens averaged over the frequency rows
+        (2 + t_dim, D), and ``audio_layers`` (L, D)."""
+        fbank = inputs["audio"]
+        layers = extras.layer_indices(len(self.blocks)) if extras.layers is not None else ()
+        tokens, pooled_after = self.forward_features(fbank, layers) if layers else (self.forward_features(fbank), {})
+        out = {"audio": (tokens[:, 0] + tokens[:, 1]) / 2}
+        if extras.tokens:
+            f_dim, t_dim = self.grid
+            grid = tokens[:, 2:].reshape(tokens.shape[0], f_dim, t_dim, -1)   # patches are frequency-major
+            out["audio_tokens"] = torch.cat((tokens[:, :2], grid.mean(dim=1)), dim=1)
+        if layers:
+            out["audio_layers"] = torch.stack([pooled_after[i] for i in layers], dim=1)
+        return out
 
 
 def checkpoint_filter_fn(state_dict: dict, model: AudioSpectrogramTransformer) -> dict:

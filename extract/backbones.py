@@ -1,36 +1,49 @@
 """Rebuilding the exact backbones a cache was extracted with, from what the cache recorded."""
 from __future__ import annotations
 
-from .ast import load_ast
 from .checkpoint import CheckpointError, file_sha256
-from .timesformer import load_timesformer
+from .registry import create_backbone, get_backbone
+
+
+def options_of(description: dict) -> tuple[str, dict]:
+    """(registry name, build options) of a cache's backbone description.
+
+    Caches written before the registry (schema 1) recorded only ``config`` (with ``model``) and
+    ``seed``: the options are read from the config by name.
+    """
+    if "name" in description:
+        return description["name"], dict(description["options"])
+    config = description["config"]
+    name = config["model"]
+    entry = get_backbone(name)
+    options = {k: config[k] for k in entry.options if k in config}
+    if "seed" in entry.options:
+        options["seed"] = description.get("seed") or 0
+    return name, options
 
 
 def rebuild_backbone(description: dict, checkpoint=None):
-    """The backbone described by a cache's ``backbones["video"|"audio"]`` entry.
+    """The backbone described by a cache's ``backbones[role]`` entry.
 
     Random-weight backbones come back from their recorded seed. Pretrained ones need their
     checkpoint file (``checkpoint``), whose sha256 must equal the recorded fingerprint.
     """
-    config = description["config"]
+    try:
+        name, options = options_of(description)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"the cache describes a backbone this alphafuse cannot rebuild ({exc})") from None
     if description.get("pretrained"):
         if checkpoint is None:
-            raise CheckpointError(f"the cache's {config['model']} backbone was pretrained "
+            raise CheckpointError(f"the cache's {name} backbone was pretrained "
                                   f"({description['fingerprint'][:23]}...): give its checkpoint file")
         found = "sha256:" + file_sha256(checkpoint)
         if found != description["fingerprint"]:
             raise CheckpointError(f"{checkpoint}: sha256 {found[7:19]}... is not the checkpoint the cache was "
                                   f"extracted with ({description['fingerprint'][7:19]}...)")
-    seed = description.get("seed") or 0
-    if config["model"] == "timesformer":
-        model = load_timesformer(checkpoint, num_frames=config["num_frames"], img_size=config["img_size"],
-                                 attention_type=config["attention_type"], arch=config["arch"], seed=seed)
-    elif config["model"] == "ast":
-        model = load_ast(checkpoint, input_tdim=config["input_tdim"], fstride=config["fstride"],
-                         tstride=config["tstride"], arch=config["arch"], seed=seed)
     else:
-        raise CheckpointError(f"unknown backbone {config['model']!r} in the cache's description")
+        checkpoint = None
+    model = create_backbone(name, checkpoint, **options)
     if model.fingerprint != description["fingerprint"]:
-        raise CheckpointError(f"rebuilt {config['model']} has fingerprint {model.fingerprint[:23]}..., the cache "
+        raise CheckpointError(f"rebuilt {name} has fingerprint {model.fingerprint[:23]}..., the cache "
                               f"recorded {description['fingerprint'][:23]}...")
     return model

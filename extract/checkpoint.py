@@ -26,7 +26,13 @@ STATE_DICT_KEYS = ("model_state", "state_dict", "model")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable, or does not fit the backbone asked for."""
+    """A checkpoint file that is missing, unreadable, or does not fit the backbone asked for.
+
+    ``hint`` names the setting that would resolve it (the command line shows it as a flag)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 # The only non-tensor Python types a checkpoint may hold without --trust-checkpoint: what the
@@ -84,8 +90,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
         if not _TRUSTED.get():
             raise CheckpointError(f"{path}: refused: it holds Python objects that can run code when loaded "
-                                  f"({unsafe}); if you trust its source, load it with --trust-checkpoint "
-                                  f"(or trust_checkpoint = true in the config)") from None
+                                  f"({unsafe}); if you trust its source, load it with full unpickling "
+                                  f"(trust_checkpoint)", hint="trust_checkpoint") from None
         log.warning("%s: fully unpickling a checkpoint that holds %s, as asked", path, unsafe)
         obj = _load_or_fail(path, weights_only=False)
     except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors, ...
@@ -233,8 +239,10 @@ def build_backbone(make: Callable[[], nn.Module], name: str, config: dict, check
 def describe(model: nn.Module) -> dict:
     """What makes a backbone's embeddings what they are: caches compare this, and rebuild from it.
 
-    The checkpoint's path is not part of it (the same file may live elsewhere on another
-    machine); its sha256 is, in ``fingerprint``.
+    ``name`` and ``options`` are the registry entry and the options it was built with; the
+    checkpoint's path is not part of it (the same file may live elsewhere on another machine);
+    its sha256 is, in ``fingerprint``.
     """
-    return {"config": model.config, "fingerprint": model.fingerprint, "seed": model.seed,
-            "pretrained": model.pretrained}
+    return {"name": getattr(model, "backbone_name", model.config.get("model")),
+            "options": dict(getattr(model, "options", {})), "config": model.config,
+            "fingerprint": model.fingerprint, "seed": model.seed, "pretrained": model.pretrained}

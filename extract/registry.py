@@ -17,11 +17,48 @@ A registered ``build(checkpoint=None, **options)`` returns a frozen, eval-mode m
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
 MODALITIES = ("video", "audio", "audiovisual")
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What extraction keeps beside the pooled embeddings: token sequences, and the pooled
+    embedding after some blocks (``layers``: None for none, "all", or block indices)."""
+
+    tokens: bool = False
+    layers: str | tuple[int, ...] | None = None
+
+    def layer_indices(self, depth: int) -> tuple[int, ...]:
+        if self.layers is None:
+            return ()
+        if self.layers == "all":
+            return tuple(range(depth))
+        bad = [i for i in self.layers if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist: this backbone has blocks 0..{depth - 1}")
+        return tuple(self.layers)
+
+    @classmethod
+    def parse(cls, tokens: bool = False, layers: str | None = None) -> "Extras":
+        """From the command line: ``layers`` is "all" or "i,j,..." (0-based block indices)."""
+        if layers is None or layers == "all":
+            return cls(bool(tokens), layers)
+        try:
+            picked = tuple(sorted({int(x) for x in str(layers).split(",") if x.strip()}))
+        except ValueError:
+            raise ValueError(f"layers must be 'all' or comma-separated block indices such as 3,7,11, "
+                             f"got {layers!r}") from None
+        if not picked:
+            raise ValueError("layers names no block")
+        return cls(bool(tokens), picked)
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "layers": list(self.layers) if isinstance(self.layers, tuple) else self.layers}
 
 
 @dataclass(frozen=True)
@@ -40,19 +77,34 @@ _REGISTRY: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(name: str, *, modality: str, help: str = ""):
-    """Decorator: register ``build`` under ``name``. Its keyword defaults are the options."""
+    """Decorator: register ``build`` under ``name``. Its keyword defaults are the options.
+
+    The decorated function stays callable as before (``load_timesformer(...)``); every module
+    it returns records ``backbone_name`` and the full ``options`` it was built with, which is
+    what a cache stores to rebuild it (:func:`rebuild`).
+    """
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
     def decorator(build: Callable) -> Callable:
-        if name in _REGISTRY and _REGISTRY[name].build is not build:
+        if name in _REGISTRY and _REGISTRY[name].build.__wrapped__ is not build:
             raise ValueError(f"backbone {name!r} is registered twice")
-        params = inspect.signature(build).parameters
-        options = {k: p.default for k, p in params.items()
+        signature = inspect.signature(build)
+        options = {k: p.default for k, p in signature.parameters.items()
                    if k != "checkpoint" and p.default is not inspect.Parameter.empty}
+
+        @functools.wraps(build)
+        def built(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            model = build(*bound.args, **bound.kwargs)
+            model.backbone_name = name
+            model.options = {k: v for k, v in bound.arguments.items() if k != "checkpoint"}
+            return model
+
         doc = help or (inspect.getdoc(build) or "").split("\n")[0]
-        _REGISTRY[name] = BackboneEntry(name, modality, build, options, doc)
-        return build
+        _REGISTRY[name] = BackboneEntry(name, modality, built, options, doc)
+        return built
 
     return decorator
 
@@ -79,4 +131,32 @@ def create_backbone(name: str, checkpoint=None, **overrides):
     if unknown:
         raise ValueError(f"backbone {name} has no option {', '.join(unknown)}; its options are "
                          f"{', '.join(f'{k}={v!r}' for k, v in entry.options.items())}")
+    for key, value in overrides.items():
+        default = entry.options[key]
+        if default is None or value is None:
+            continue
+        want = (int, float) if isinstance(default, float) else type(default)
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, want):
+            raise ValueError(f"backbone option {name}.{key} must be a {type(default).__name__} "
+                             f"(like its default {default!r}), got {value!r}")
     return entry.build(checkpoint, **overrides)
+
+
+def parse_option(name: str, key: str, text: str):
+    """A ``key=value`` backbone option from the command line, typed like the option's default."""
+    entry = get_backbone(name)
+    if key not in entry.options:
+        raise ValueError(f"backbone {name} has no option {key!r}; its options are {', '.join(entry.options)}")
+    default = entry.options[key]
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"backbone option {name}.{key} must be a {type(default).__name__}, got {text!r}") from None
+    return text

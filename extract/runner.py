@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ from cache import SplitWriter, source_stamp
 from data import AudioConfig, ClipDataset, Manifest, VideoConfig
 
 from .checkpoint import describe
+from .registry import Extras
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+        raise ValueError(f"device {device}: CUDA is not available on this machine (use cpu or auto)")
     return torch.device(device)
 
 
@@ -64,69 +65,120 @@ def shard_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def preprocessing_for(video_model, audio_model, spatial_crops: int = 1) -> tuple[VideoConfig, AudioConfig]:
-    """The preprocessing the backbones' inputs need: frames and image size, fbank length."""
-    vc, ac = video_model.config, audio_model.config
-    return (VideoConfig(num_frames=vc["num_frames"], img_size=vc["img_size"], spatial_crops=spatial_crops),
-            AudioConfig(target_length=ac["input_tdim"]))
+class Roles(dict):
+    """Which backbone encodes what in one extraction: {"video": model, "audio": model}, or
+    {"audiovisual": model} for one model of both (CAV-MAE, TSAM). A model registered as
+    audiovisual may also serve one modality only (CAV-MAE's audio tower beside TimeSformer)."""
+
+    @classmethod
+    def of(cls, video_model=None, audio_model=None, backbone=None) -> "Roles":
+        if backbone is not None:
+            if video_model is not None or audio_model is not None:
+                raise ValueError("give either one audio-visual backbone or video and audio backbones, not both")
+            return cls(audiovisual=backbone)
+        roles = cls({k: m for k, m in (("video", video_model), ("audio", audio_model)) if m is not None})
+        if not roles:
+            raise ValueError("no backbone to extract with")
+        return roles
+
+    def specs(self, spatial_crops: int = 1) -> dict:
+        """The data/ specs of each input slot ("video": VideoConfig, "audio": AudioConfig)."""
+        specs = {}
+        for modality, model in self.items():
+            for slot, spec in model.input_specs(modality).items():
+                if slot in specs and specs[slot] != spec:
+                    raise ValueError(f"two backbones need different {slot} preprocessing; use one audio-visual "
+                                     f"backbone alone or backbones of one modality each")
+                specs[slot] = spec
+        if "video" in specs and spatial_crops != 1:
+            if "audiovisual" in self:
+                raise ValueError("several spatial crops are for video backbones; an audio-visual backbone "
+                                 "takes its own frames")
+            specs["video"] = replace(specs["video"], spatial_crops=spatial_crops)
+        return specs
+
+    def views(self, specs: dict) -> int:
+        video = specs.get("video")
+        return video.spatial_crops if video is not None and "audiovisual" not in self else 1
+
+    def embedding_info(self, extras: Extras, views: int = 1) -> dict:
+        """name -> {"shape", "dtype", "role"[, "views"]} of every embedding the extraction writes."""
+        info = {}
+        for modality, model in self.items():
+            for name, shape in model.embedding_shapes(modality, extras).items():
+                if name in info:
+                    raise ValueError(f"two backbones both produce a {name!r} embedding")
+                per_view = views > 1 and modality == "video"
+                pooled = "_" not in name      # tokens and layers: fp16 on disk, they are big
+                info[name] = {"shape": [views, *shape] if per_view else list(shape),
+                              "dtype": "float32" if pooled else "float16", "role": modality,
+                              **({"views": views} if per_view else {})}
+        return info
 
 
-def cache_signature(split, label_names, video_model, audio_model, video_cfg, audio_cfg,
+def cache_signature(split, label_names, roles: Roles, specs: dict, extras: Extras = Extras(),
                     precision: str = "fp32") -> dict:
     """What the embeddings depend on (SIGNATURE_KEYS of cache/parts.py), plus labels and sources."""
-    views = video_cfg.spatial_crops
-    video_shape = [views, video_model.embed_dim] if views > 1 else [video_model.embed_dim]
     return {
         "split": split,
         "label_names": list(label_names),
-        "backbones": {"video": describe(video_model), "audio": describe(audio_model)},
-        "preprocessing": {"video": video_cfg.to_dict(), "audio": audio_cfg.to_dict()},
-        "embeddings": {
-            "video": {"shape": video_shape, "dtype": "float32", **({"views": views} if views > 1 else {})},
-            "audio": {"shape": [audio_model.embed_dim], "dtype": "float32"},
-        },
+        "backbones": {role: describe(model) for role, model in roles.items()},
+        "preprocessing": {slot: spec.to_dict() for slot, spec in specs.items()},
+        "embeddings": roles.embedding_info(extras, roles.views(specs)),
         # fp32 and bf16 embeddings differ by more than noise: never mixed in one file.
-        "extraction": {"precision": precision},
-        "sources": {"video": video_model.checkpoint, "audio": audio_model.checkpoint},
+        "extraction": {"precision": precision, **extras.to_dict()},
+        "sources": {role: model.checkpoint for role, model in roles.items()},
     }
 
 
-def extract_split(manifest: Manifest, split: str, cache_dir, video_model, audio_model, *,
+def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, audio_model=None, *,
+                  backbone=None, tokens: bool = False, layers=None,
                   batch_size: int = 8, workers: int = 2, device: str = "auto", precision: str = "fp32",
                   spatial_crops: int = 1, limit: int | None = None, overwrite: bool = False,
                   shard: tuple[int, int] = (0, 1),
                   on_batch: Callable[[int, ExtractionSummary], None] | None = None) -> ExtractionSummary:
     """Extract one split of ``manifest`` into ``<cache_dir>/<split>.h5``; resumable, shardable.
 
-    ``on_batch(clips_in_batch, summary)`` is called after each batch is safely written (a progress
-    bar hook). The first SIGINT (Ctrl-C) stops after the batch in hand; a second one aborts.
+    Backbones: ``video_model`` and/or ``audio_model``, or one audio-visual ``backbone``.
+    ``tokens`` / ``layers`` ("all" or block indices) also cache token sequences and per-block
+    pooled embeddings (float16). ``on_batch(clips_in_batch, summary)`` is called after each
+    batch is safely written (a progress bar hook). The first SIGINT (Ctrl-C) stops after the
+    batch in hand; a second one aborts.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if batch_size < 1 or workers < 0:
-        raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size}, {workers}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of clips, got {limit!r}")
+    if spatial_crops not in (1, 3):
+        raise ValueError(f"spatial crops must be 1 or 3, got {spatial_crops!r}")
+    roles = Roles.of(video_model, audio_model, backbone)
+    extras = layers if isinstance(layers, Extras) else Extras.parse(tokens, layers)
     dev = resolve_device(device)
     if precision == "fp16" and dev.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
+        raise ValueError("fp16 precision needs a CUDA device (use fp32 or bf16 on CPU)")
     k, n = shard
     if not 0 <= k < n:
         raise ValueError(f"shard index must be in 0..{n - 1}, got {k}")
 
     clips = manifest.split(split)[:limit] if limit else manifest.split(split)
-    video_cfg, audio_cfg = preprocessing_for(video_model, audio_model, spatial_crops)
-    meta = cache_signature(split, manifest.label_names, video_model, audio_model, video_cfg, audio_cfg, precision)
+    specs = roles.specs(spatial_crops)
+    meta = cache_signature(split, manifest.label_names, roles, specs, extras, precision)
     label_index = {name: i for i, name in enumerate(manifest.label_names)}
     writer = SplitWriter(cache_dir, split, meta, [(c.clip_id, label_index[c.label], source_stamp(c.path)) for c in clips],
                          shard=shard, overwrite=overwrite)
     try:
-        return _run(writer, clips[k::n], manifest, split, video_model, audio_model, video_cfg, audio_cfg, dev,
+        return _run(writer, clips[k::n], manifest, split, roles, specs, meta["embeddings"], extras, dev,
                     batch_size, workers, precision, shard, on_batch)
     finally:
         writer.close()
 
 
-def _run(writer, mine, manifest, split, video_model, audio_model, video_cfg, audio_cfg, dev, batch_size, workers,
-         precision, shard, on_batch) -> ExtractionSummary:
+def _run(writer, mine, manifest, split, roles, specs, info, extras, dev, batch_size, workers, precision, shard,
+         on_batch) -> ExtractionSummary:
     k, n = shard
     done = writer.done_ids()
     todo = [c for c in mine if c.clip_id not in done]
@@ -134,9 +186,9 @@ def _run(writer, mine, manifest, split, video_model, audio_model, video_cfg, aud
     log.info("%s: %d clips for shard %d/%d, %d already done, %d to extract on %s",
              split, len(mine), k, n, summary.skipped, len(todo), dev)
 
-    video_model.to(dev)
-    audio_model.to(dev)
-    dataset = ClipDataset(todo, manifest.label_names, video_cfg, audio_cfg)
+    for model in roles.values():
+        model.to(dev)
+    dataset = ClipDataset(todo, manifest.label_names, specs.get("video", VideoConfig()), specs.get("audio", AudioConfig()))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=dataset.collate,
                         pin_memory=dev.type == "cuda",
                         worker_init_fn=_quiet_worker, persistent_workers=False)
@@ -151,10 +203,10 @@ def _run(writer, mine, manifest, split, video_model, audio_model, video_cfg, aud
                 break
             summary.data_wait_s += time.perf_counter() - wait
             tick = time.perf_counter()
-            video_emb, audio_emb = embed_batch(video_model, audio_model, batch, dev, precision)
+            embeddings = embed_batch(roles, batch, dev, precision, extras, info)
             summary.model_s += time.perf_counter() - tick
-            ids, keep, failed = _finite_rows(batch, video_emb, audio_emb, precision)
-            writer.write_batch(ids, batch["label"].numpy()[keep], {"video": video_emb[keep], "audio": audio_emb[keep]},
+            ids, keep, failed = _finite_rows(batch, embeddings, precision)
+            writer.write_batch(ids, batch["label"].numpy()[keep], {name: e[keep] for name, e in embeddings.items()},
                                batch["has_audio"].numpy()[keep], failed)
             summary.written += len(ids)
             summary.failed += failed
@@ -168,9 +220,11 @@ def _run(writer, mine, manifest, split, video_model, audio_model, video_cfg, aud
     return summary
 
 
-def _finite_rows(batch, video_emb, audio_emb, precision):
+def _finite_rows(batch, embeddings: dict, precision: str):
     """Clips whose embeddings are finite, and the others as errors (a NaN must never reach a head)."""
-    finite = np.isfinite(video_emb.reshape(len(video_emb), -1)).all(1) & np.isfinite(audio_emb).all(1)
+    finite = np.ones(len(batch["clip_id"]), dtype=bool)
+    for value in embeddings.values():
+        finite &= np.isfinite(value.reshape(len(value), -1)).all(1)
     ids = [c for c, ok in zip(batch["clip_id"], finite) if ok]
     hint = " (try --precision fp32)" if precision != "fp32" else ""
     failed = list(batch["failed"]) + [(c, f"the backbones gave NaN or infinite embeddings{hint}")
@@ -178,18 +232,33 @@ def _finite_rows(batch, video_emb, audio_emb, precision):
     return ids, np.flatnonzero(finite), failed
 
 
-def embed_batch(video_model, audio_model, batch: dict, device: torch.device, precision: str = "fp32"):
-    """Both backbones on one collated batch -> (video (B, Dv), audio (B, Da)) float32 numpy arrays."""
+def embed_batch(roles: Roles, batch: dict, device: torch.device, precision: str = "fp32",
+                extras: Extras = Extras(), info: dict | None = None) -> dict[str, np.ndarray]:
+    """Every backbone on one collated batch -> {embedding name: (B, ...) numpy array}, in the
+    dtypes ``info`` gives (float32 unless said otherwise)."""
+    info = info if info is not None else roles.embedding_info(extras)
     if not batch["clip_id"]:
-        return (np.zeros((0, video_model.embed_dim), np.float32), np.zeros((0, audio_model.embed_dim), np.float32))
-    video = batch["video"].to(device, non_blocking=True)
-    fbank = batch["fbank"].to(device, non_blocking=True)
+        return {name: np.zeros((0, *i["shape"]), np.dtype(i["dtype"])) for name, i in info.items()}
+    inputs = {"video": batch["video"].to(device, non_blocking=True),
+              "audio": batch["fbank"].to(device, non_blocking=True)}
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    out = {}
     with torch.inference_mode(), autocast:
-        video_emb = embed_video(video_model, video).float()
-        audio_emb = audio_model(fbank).float()
-    return video_emb.cpu().numpy(), audio_emb.cpu().numpy()
+        for modality, model in roles.items():
+            out.update(_extract_views(model, modality, inputs, extras))
+    return {name: value.float().cpu().numpy().astype(info[name]["dtype"], copy=False) for name, value in out.items()}
+
+
+def _extract_views(model, modality: str, inputs: dict, extras: Extras) -> dict:
+    """model.extract, once per view when the video input has a views axis (B, V, 3, T, H, W):
+    every output then gets that axis, (B, V, ...)."""
+    video = inputs["video"]
+    if modality != "video" or video.ndim != 6:
+        return model.extract(modality, inputs, extras)
+    views = video.shape[1]
+    out = model.extract(modality, {**inputs, "video": video.flatten(0, 1)}, extras)
+    return {name: value.unflatten(0, (-1, views)) for name, value in out.items()}
 
 
 def embed_video(video_model, video: torch.Tensor) -> torch.Tensor:

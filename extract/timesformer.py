@@ -11,6 +11,7 @@ patch-major, frame-minor (token ``1 + n * T + t`` is patch ``n`` of frame ``t``)
 from __future__ import annotations
 
 from functools import partial
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,10 @@ from timm.layers import Mlp, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
+from data import VideoConfig
+
 from .checkpoint import build_backbone, drop_keys, strip_prefixes
-from .registry import register_backbone
+from .registry import Extras, register_backbone
 
 __all__ = ["TimeSformer", "load_timesformer"]
 
@@ -31,6 +34,12 @@ ARCHS = {
 }
 
 _norm = partial(nn.LayerNorm, eps=1e-6)
+
+# TimeSformer's test-time input, declared beside the model: frames scaled to [0, 1] and normalised
+# with Kinetics' mean and std (timesformer/config/defaults.py DATA.MEAN, DATA.STD, as
+# timesformer/datasets/utils.py tensor_normalize applies them); frame count and size come from
+# the model's num_frames and img_size.
+PREPROCESSING = dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -110,31 +119,77 @@ class TimeSformer(nn.Module):
                 nn.init.zeros_(blk.temporal_fc.weight)
                 nn.init.zeros_(blk.temporal_fc.bias)
 
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) normalized frames -> final-norm tokens (B, 1 + N*T, D); (B, 1 + N, D) for space_only."""
+    def forward_features(self, video: torch.Tensor, layers: Sequence[int] = ()):
+        """(B, 3, T, H, W) normalized frames -> final-norm tokens (B, 1 + N*T, D); (B, 1 + N, D) for space_only.
+
+        With ``layers`` (block indices), also returns {i: the final-norm CLS token after block i}.
+        """
         self._check_input(video)
         B, _, T = video.shape[:3]
         frames = video.transpose(1, 2).flatten(0, 1)            # (B*T, 3, H, W)
         x = self.patch_embed(frames)                            # (B*T, N, D)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        cls_after = {}
 
         if self.attention_type == "space_only":
-            for blk in self.blocks:
+            for i, blk in enumerate(self.blocks):
                 x = blk(x)
-            x = x.reshape(B, T, *x.shape[1:]).mean(dim=1)     # average the frames' tokens
-            return self.norm(x)
+                if i in layers:   # the clip's CLS is the frames' CLS averaged, as at the end
+                    cls_after[i] = self.norm(x[:, 0].reshape(B, T, -1).mean(dim=1))
+            self._frame_tokens = x.reshape(B, T, *x.shape[1:])   # for tokens(): per-frame patches
+            x = self._frame_tokens.mean(dim=1)                   # average the frames' tokens
+            out = self.norm(x)
+            return (out, cls_after) if layers else out
 
         cls = x[::T, :1]                                       # the CLS token of each clip's first frame
         N, D = x.shape[1] - 1, x.shape[2]
         patches = x[:, 1:].reshape(B, T, N, D).transpose(1, 2) + self.time_embed.unsqueeze(1)  # (B, N, T, D)
         x = torch.cat((cls, patches.reshape(B, N * T, D)), dim=1)
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
             x = blk(x, T) if self.attention_type == "divided_space_time" else blk(x)
-        return self.norm(x)
+            if i in layers:
+                cls_after[i] = self.norm(x[:, 0])
+        out = self.norm(x)
+        return (out, cls_after) if layers else out
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, D): the final-norm CLS token, the input of the dropped classifier."""
         return self.forward_features(video)[:, 0]
+
+    # -- what extraction asks of a backbone (see extract/registry.py) --------------------------
+
+    def input_specs(self, modality: str = "video") -> dict:
+        return {"video": VideoConfig(**PREPROCESSING, num_frames=self.num_frames, img_size=self.img_size)}
+
+    def embedding_shapes(self, modality: str = "video", extras: Extras = Extras()) -> dict:
+        D, depth = self.embed_dim, len(self.blocks)
+        shapes = {"video": (D,)}
+        if extras.tokens:
+            shapes["video_tokens"] = (self.num_frames + 1, D)
+        if extras.layers is not None:
+            shapes["video_layers"] = (len(extras.layer_indices(depth)), D)
+        return shapes
+
+    def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
+        """{"video": (B, 3, T, H, W)} -> {"video": (B, D)} and, when asked, ``video_tokens``: the
+        CLS token then each frame's mean over its spatial patches (T + 1, D), and ``video_layers``:
+        the final-norm CLS after each chosen block (L, D)."""
+        video = inputs["video"]
+        layers = extras.layer_indices(len(self.blocks)) if extras.layers is not None else ()
+        tokens, cls_after = self.forward_features(video, layers) if layers else (self.forward_features(video), {})
+        out = {"video": tokens[:, 0]}
+        if extras.tokens:
+            out["video_tokens"] = torch.cat((tokens[:, :1], self._frame_means(tokens)), dim=1)
+        if layers:
+            out["video_layers"] = torch.stack([cls_after[i] for i in layers], dim=1)
+        return out
+
+    def _frame_means(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each frame's final-norm patch tokens averaged over space: (B, T, D)."""
+        B, T, D = tokens.shape[0], self.num_frames, tokens.shape[-1]
+        if self.attention_type == "space_only":
+            return self.norm(self._frame_tokens[:, :, 1:]).mean(dim=2)
+        return tokens[:, 1:].reshape(B, -1, T, D).mean(dim=1)   # patch-major, frame-minor
 
     def _check_input(self, video: torch.Tensor) -> None:
         want = (3, self.num_frames, self.img_size, self.img_size)

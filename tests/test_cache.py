@@ -159,7 +159,7 @@ def test_mismatched_resume_is_refused_unless_overwrite(tmp_path):
     w.write_batch(**_batch(["a"], 0))
     w.close()
     other = {**META, "backbones": {"video": {"fingerprint": "sha256:abc"}, "audio": {"fingerprint": "random:2"}}}
-    with pytest.raises(CacheError, match="other backbones.*--overwrite"):
+    with pytest.raises(CacheError, match="other backbones.*start again"):
         SplitWriter(tmp_path, "train", other, _clips(["a"]))
     bf16 = {**META, "extraction": {"precision": "bf16"}}
     with pytest.raises(CacheError, match="other extraction"):

@@ -1,0 +1,122 @@
+"""What the fuse, evaluate, predict and grid commands do, as functions a notebook can call too.
+
+Each takes settled values (cli.py parsed and checked them) and an ``echo`` for its report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from cache import read_split
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+
+def optional_split(cache_dir: Path, name: str):
+    path = Path(cache_dir) / f"{name}.h5"
+    if not path.exists():
+        log.warning("%s not found: training without a %s split", path, name)
+        return None
+    return read_split(path)
+
+
+def run_name(cfg) -> str:
+    parts = [cfg.transform if cfg.modalities == "both" else f"{cfg.modalities}-only"]
+    if cfg.transform != "none":
+        parts.append(cfg.target)
+    if cfg.alpha is not None:
+        parts.append(f"{cfg.alpha:g}")
+    return "-".join(parts) + f"-seed{cfg.seed}"
+
+
+def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrite: bool, echo: Echo = print) -> dict:
+    from .run import fuse_run
+
+    out_dir = out_dir or run_dir / run_name(cfg)
+    train = read_split(Path(cache) / "train.h5")
+    metrics = fuse_run(train, optional_split(cache, "val"), optional_split(cache, "test"), cfg, out_dir,
+                       overwrite=overwrite)
+    echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']} (trained in {metrics['train_seconds']:.2f} s)")
+    for name in ("val", "test"):
+        best, last = metrics.get(name), (metrics.get("last") or {}).get(name)
+        if best:
+            echo(f"  {name:>4}: top1 {best['top1']:.3f}  top5 {best['top5']:.3f}  mAP {best['map']:.3f}  "
+                 f"loss {best['loss']:.3f}   (last epoch: top1 {last['top1']:.3f})")
+    for name, unseen in (metrics.get("unseen_in_train") or {}).items():
+        if unseen:
+            echo(f"  {name}: {len(unseen)} class(es) never seen in training: {', '.join(unseen[:5])}")
+    echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png)")
+    return metrics
+
+
+def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
+                     echo: Echo = print) -> dict:
+    from .run import evaluate_run, load_run
+
+    if cache_dir is None:
+        _, meta = load_run(run_dir)
+        recorded = (meta.get("cache_paths") or {}).get("train")
+        if not recorded:
+            raise ValueError(f"{run_dir} does not record its cache: give the cache folder (cache_dir)")
+        cache_dir = Path(recorded).parent
+    metrics = evaluate_run(run_dir, read_split(Path(cache_dir) / f"{split}.h5"), predictions, which=which)
+    if as_json:
+        echo(json.dumps(metrics, indent=2))
+        return metrics
+    echo(f"{split}: top1 {metrics['top1']:.3f}  top5 {metrics['top5']:.3f}  mAP {metrics['map']:.3f}  "
+         f"loss {metrics['loss']:.3f}  ({metrics['num_clips']} clips)")
+    if predictions:
+        echo(f"predictions written to {predictions}")
+    return metrics
+
+
+def predict_command(videos, run_dir: Path, top_k: int, checkpoints: dict, device: str, as_json: bool,
+                    echo: Echo = print) -> int:
+    """Classify files; returns the exit code (1 when some file could not be read)."""
+    from .model import AlphaTransformer
+
+    model = AlphaTransformer.from_run(run_dir, checkpoints.get("video"), checkpoints.get("audio"), device=device)
+    results = model.predict_files(videos, top_k)
+    if as_json:
+        echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                echo(f"{r['path']}: ERROR {r['error']}")
+                continue
+            echo(f"{r['path']}" + ("" if r["has_audio"] else " (no audio stream)"))
+            for t in r["top"]:
+                echo(f"  {t['probability']:6.1%}  {t['label']}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: dict, *, seeds: int, jobs,
+                 method: str, overwrite: bool, echo: Echo = print, progress: bool = True):
+    from tqdm import tqdm
+
+    from .grid import configs_from_options, format_summary_table, run_grid
+
+    preset = sweep.get("preset")
+    if not preset and not sweep.get("transforms") and not sweep.get("alphas"):
+        raise ValueError("nothing to run: give a preset (preset paper) or a sweep (transforms, alphas)")
+    name = f"grid-{preset}" if preset else "grid-" + (sweep.get("transforms") or "scale").replace(",", "+")
+    out_dir = out_dir or run_dir / name
+    configs = configs_from_options(preset, sweep.get("transforms"), sweep.get("targets"), sweep.get("alphas"), seeds,
+                                   base, sweep.get("learned"))
+    train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
+    val = optional_split(cache, "val")
+    with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
+        def on_row(done, total, row):
+            bar.update(1)
+            bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
+        result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
+                          overwrite=overwrite)
+    table = format_summary_table(result.summary, len(result.test_labels))
+    echo(table)
+    echo(f"{len(result.rows)} heads trained in {result.seconds:.1f} s ({result.method}, {result.jobs} job(s)); "
+         f"written to {out_dir}/: " + ", ".join(sorted(p.name for p in result.files.values())))
+    return result, table

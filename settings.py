@@ -1,0 +1,204 @@
+"""Every setting of every command, defined once: its type, default, rule and help.
+
+cli.py builds its click options from this table, and ``alphafuse.toml`` is checked against it,
+so a flag and its config key cannot drift apart. A setting comes from the command-line flag,
+else the config file's ``[command]`` table, else its top level, else the default.
+
+The config file is ``--config PATH`` or ``alphafuse.toml`` in the working directory. Paths in
+it are relative to the file. Backbone options go in a ``[backbones]`` table: ``key = value``
+for whichever selected backbone has that option, or ``[backbones.NAME]`` for one backbone.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "alphafuse.toml"
+COMMAND_TABLES = ("extract", "fuse", "grid", "evaluate", "predict", "demo", "cache")
+REQUIRED = object()
+
+
+class SettingError(ValueError):
+    """A setting with a wrong type, value or name; the message names the flag or the key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: str                      # int, float, str, bool, path, ints (comma list), strs (list)
+    default: Any = None
+    help: str = ""
+    choices: tuple | None = None
+    minimum: float | None = None   # inclusive lower bound for numbers
+
+    def check(self, name: str, value, where: str):
+        """The value converted to this setting's kind, or a SettingError naming ``where``."""
+        if value is None:
+            return None
+        kind = self.kind
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise SettingError(f"{where} must be true or false, got {value!r}")
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SettingError(f"{where} must be an integer, got {value!r}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SettingError(f"{where} must be a number, got {value!r}")
+            value = float(value)
+        elif kind in ("str", "path"):
+            if not isinstance(value, str):
+                raise SettingError(f"{where} must be a string, got {value!r}")
+        elif kind == "ints":
+            items = value.split(",") if isinstance(value, str) else value
+            try:
+                value = tuple(int(str(x).strip()) for x in items if str(x).strip() != "")
+            except (TypeError, ValueError):
+                raise SettingError(f"{where} must be integers such as 1024,512, got {value!r}") from None
+        elif kind == "strs":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+                raise SettingError(f"{where} must be a name or a list of names, got {value!r}")
+            value = tuple(items)
+        if self.choices is not None:
+            bad = [v for v in (value if kind == "strs" else (value,)) if v not in self.choices]
+            if bad:
+                raise SettingError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {bad[0]!r}")
+        if self.minimum is not None and kind in ("int", "float") and value < self.minimum:
+            raise SettingError(f"{where} must be at least {self.minimum:g}, got {value!r}")
+        if self.minimum is not None and kind == "ints" and any(v < self.minimum for v in value):
+            raise SettingError(f"{where} must be at least {self.minimum:g} each, got {value!r}")
+        return value
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class Settings:
+    """Flag > [command] table > top level of the config file > default, every value checked."""
+
+    def __init__(self, schema: dict[str, Setting], config: str | None, command: str):
+        self.schema, self.command = schema, command
+        self.path = Path(config) if config else Path(DEFAULT_CONFIG)
+        self.values: dict = {}
+        self.backbone_options: dict = {}
+        if config and not self.path.is_file():
+            raise SettingError(f"config file {self.path} not found")
+        if self.path.is_file():
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise SettingError(f"{self.path}: not a readable TOML file ({' '.join(str(exc).split())})") from None
+        tables = {}
+        for key, value in data.items():
+            if key in COMMAND_TABLES or key == "backbones":
+                if not isinstance(value, dict):
+                    raise SettingError(f"{self.path}: [{key}] must be a table")
+                tables[key] = value
+            else:
+                self._take(key, value, key)
+        for key, value in tables.get(self.command, {}).items():
+            if isinstance(value, dict):
+                raise SettingError(f"{self.path}: [{self.command}.{key}] is not a table this file can have")
+            self._take(key, value, f"{self.command}.{key}")
+        self.backbone_options = tables.get("backbones", {})
+
+    def _take(self, key: str, value, where: str) -> None:
+        if key not in self.schema:
+            close = [k for k in self.schema if _similar(k, key)]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SettingError(f"{self.path}: unknown setting {where!r}{hint}")
+        checked = self.schema[key].check(key, value, f"{self.path}: {where}")
+        if self.schema[key].kind == "path" and checked is not None:
+            checked = str((self.path.parent / checked).resolve())
+        self.values[key] = checked
+
+    def get(self, key: str, flag_value=None, default=REQUIRED):
+        """The setting ``key``: the flag's value if given, else the config's, else ``default``
+        (the schema's default when not given; REQUIRED: an error naming flag and key)."""
+        setting = self.schema[key]
+        if flag_value is not None and flag_value != ():
+            return setting.check(key, flag_value, flag(key))
+        if key in self.values and self.values[key] is not None:
+            return self.values[key]
+        if default is REQUIRED and setting.default is None:
+            where = f"set {key} in {self.path}" if self.path.is_file() else f"put {key} = ... in {DEFAULT_CONFIG}"
+            raise SettingError(f"no {key.replace('_', ' ')}: pass {flag(key)} or {where}")
+        return setting.default if default is REQUIRED else default
+
+
+def _similar(a: str, b: str) -> bool:
+    """One edit apart, or the same once underscores are dropped (a typo'd key)."""
+    if a.replace("_", "") == b.replace("_", ""):
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) <= 1 or any(a[:i] + a[i + 1] + a[i] + a[i + 2:] == b
+                                                          for i in range(len(a) - 1))
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+def _choices(kind: str) -> tuple:
+    if kind == "transforms":
+        from fuse.transforms import TRANSFORMS
+        return TRANSFORMS
+    from extract import backbone_names
+    return tuple(backbone_names(kind))
+
+
+SETTINGS = {
+    # data and caches
+    "manifest": Setting("path", None, "CSV `path,label,split`, official VGGSound CSV (with --video-root), or a folder per class."),
+    "video_root": Setting("path", None, "Folder of the clips named by a VGGSound CSV ({id}_{start:06d}.mp4)."),
+    "cache_dir": Setting("path", None, "Folder of the <split>.h5 caches."),
+    "run_dir": Setting("path", "runs", "Parent folder of run and grid directories."),
+    "out": Setting("path", None, "Output directory."),
+    "splits": Setting("strs", None, "Split(s) to extract; repeat the flag. Default: every split of the manifest."),
+    # backbones and extraction
+    "video_backbone": Setting("str", "timesformer", "Backbone of the video embedding.", _choices("video")),
+    "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding.", _choices("audio")),
+    "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above).",
+                        _choices("audiovisual")),
+    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights."),
+    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights."),
+    "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
+    "trust_checkpoint": Setting("bool", False, "Fully unpickle checkpoints that hold Python objects (they can run code: only files you trust)."),
+    "arch": Setting("str", "base", "Backbone size; tiny is for tests and CPU demos.", ("base", "tiny")),
+    "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse)."),
+    "spatial_crops": Setting("int", 1, "1: one view; 3: left/centre/right views, one embedding each, scores averaged.", (1, 3)),
+    "tokens": Setting("bool", False, "Also cache compact token sequences (for the bottleneck head), float16."),
+    "layers": Setting("str", None, "Also cache the pooled embedding after these blocks: all, or i,j,... (0-based), float16."),
+    "batch_size": Setting("int", 8, "Clips per batch.", minimum=1),
+    "workers": Setting("int", 2, "DataLoader decoding processes.", minimum=0),
+    "precision": Setting("str", "fp32", "Autocast precision of the backbones.", ("fp32", "bf16", "fp16")),
+    "limit": Setting("int", None, "Only the first N clips of each split.", minimum=1),
+    "shard": Setting("str", None, "K/N: the K-th of N disjoint shards (0-based). Set by torchrun."),
+    "device": Setting("str", "auto", "cpu, cuda, or auto (cuda when available).", ("cpu", "cuda", "auto")),
+    # heads
+    "transform": Setting("str", "none", "How the target modality's embedding is transformed.", _choices("transforms")),
+    "target": Setting("str", "audio", "Which modality the transform applies to (timesformer=video, ast=audio).",
+                      ("timesformer", "ast", "video", "audio")),
+    "alpha": Setting("float", None, "Scale for pos_scalar (> 1, default 1.5), neg_scalar (0..1, default 0.75) or scale (> 0)."),
+    "modalities": Setting("str", "both", "both, or a unimodal baseline head.", ("both", "video", "audio")),
+    "epochs": Setting("int", 25, "Training epochs.", minimum=1),
+    "lr": Setting("float", 1e-4, "Adam learning rate."),
+    "hidden": Setting("ints", (1024, 512), "Hidden layer sizes, comma-separated.", minimum=1),
+    "dropout": Setting("float", 0.5, "Dropout after each hidden layer, in [0, 1)."),
+    # grids
+    "preset": Setting("str", None, "paper: Table 1, the none baseline and the two unimodal heads.", ("paper",)),
+    "transforms": Setting("str", None, "Sweep: transform(s), comma-separated (e.g. scale or pos_scalar,neg_scalar)."),
+    "targets": Setting("str", None, "Sweep: timesformer,ast (aliases video,audio). Default: both."),
+    "alphas": Setting("str", None, "Sweep: START:STOP:STEP (inclusive) or a comma list, e.g. 0.25:3.0:0.25."),
+    "learned": Setting("bool", None, "Also train the learned-alpha head per target (default: on for sweeps, off for the preset)."),
+    "seeds": Setting("int", 5, "Seeds per configuration.", minimum=1),
+    "jobs": Setting("int", None, "Worker processes (one thread each). Default: one per core.", minimum=1),
+    "method": Setting("str", "auto", "joblib: one head per task; vectorized: stacked heads; auto: the faster.",
+                      ("auto", "joblib", "vectorized")),
+}
