@@ -21,11 +21,36 @@ Embeddings (all float32, ``embed_dim`` wide, the mean over tokens of final-norm 
 A clip of F frames (``frame`` of shape (B, F, 3, 224, 224), as the reference's 10-frame
 evaluation) runs the audio stream ONCE and reuses its tokens: the video stream runs per frame,
 and ``joint`` is F runs of ``blocks_u`` on cat(audio stream tokens, frame f's stream tokens).
+
+Input pipeline (:data:`PREPROCESSING`; the reference files and functions, in order):
+
+* audio, src/preprocess/extract_audio.py: ``ffmpeg -i VIDEO -vn -ar 16000 X_intermediate.wav``
+  (all channels kept, ffmpeg's default resampler, 16-bit PCM), then ``sox ... remix 1``: the
+  FIRST channel, not a down-mix. src/dataloader.py ``AudiosetDataset._wav2fbank``:
+  ``torchaudio.load`` (float in [-1, 1)), subtract the waveform's mean, ``kaldi.fbank``
+  (htk_compat, 16 kHz, use_energy False, hanning, 128 mel bins, dither 0, 10 ms shift, default
+  25 ms window), zero rows appended or the first ``target_length`` rows kept (1024); then
+  ``__getitem__``: ``(fbank - (-5.081)) / 4.4849``: divided by the std, where AST divides by
+  2 * std (mean and std are the egs/*/run_cavmae_*.sh values, the same for AudioSet and VGGSound).
+* frames, src/preprocess/extract_video_frame.py ``extract_frame``: OpenCV; N = min(frame count,
+  int(fps * 10)), the first 10 s; frame i in 0..9 is read after
+  ``set(CAP_PROP_POS_FRAMES, int(i * (N / 10)) - 1)``, i.e. 0-based frame max(int(i * N / 10) - 1, 0)
+  (OpenCV seeks -1 to 0); BGR to RGB; torchvision ``Resize(224)`` (shorter side, PIL bilinear)
+  and ``CenterCrop(224)``; ``save_image``: uint8 by x * 255 + 0.5, a JPEG at PIL's default
+  quality 75. src/dataloader.py ``AudiosetDataset.preprocess``: ``Resize(224, BICUBIC)`` and
+  ``CenterCrop(224)`` of the stored 224 x 224 JPEG (identities at that size), ``ToTensor``,
+  ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+* which frame, ``AudiosetDataset.randselect_img``: training draws one of the 10 at random;
+  evaluation uses ``frame_use``, default frame 5 (= int(10 / 2); a missing file falls back to
+  the previous index); src/run_cavmae_ft.py reports the multi-frame result: frames 0..9 each
+  classified, softmax (accuracy) or sigmoid (mAP) outputs averaged. The reference evaluates
+  under CUDA autocast (fp16); this module computes in the dtype it is given (fp32 by default).
 """
 from __future__ import annotations
 
 import copy
 import logging
+import numbers
 
 import torch
 from timm.layers import Mlp, PatchEmbed
@@ -63,7 +88,7 @@ PREPROCESSING = {
         # src/dataloader.py AudiosetDataset._wav2fbank
         "subtract_mean": True,
         "fbank": {"htk_compat": True, "use_energy": False, "window_type": "hanning", "num_mel_bins": 128,
-                  "dither": 0.0, "frame_shift": 10.0, "frame_length": 25.0},
+                  "dither": 0.0, "frame_shift": 10.0, "frame_length": 25.0, "other_arguments": "kaldi.fbank defaults"},
         "target_length": 1024,          # zero rows appended at the end, or the first 1024 rows kept
         # AudiosetDataset.__getitem__: (fbank - mean) / std, NOT AST's / (2 * std); the values are
         # --dataset_mean/--dataset_std of egs/{audioset,vggsound}/run_cavmae_*.sh (both datasets).
@@ -362,10 +387,11 @@ def load_cavmae(checkpoint=None, audio_length: int = 1024, arch: str = "base", s
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    if isinstance(audio_length, bool) or not isinstance(audio_length, int) or audio_length < PATCH \
+    if isinstance(audio_length, bool) or not isinstance(audio_length, numbers.Integral) or audio_length < PATCH \
             or audio_length % PATCH:
         raise ValueError(f"audio_length must be a positive multiple of {PATCH} (the reference's pos_embed_a "
                          f"has audio_length / 2 entries on an 8 x audio_length / 16 grid), got {audio_length!r}")
+    audio_length = int(audio_length)
     config = dict(model="cavmae", arch=arch, audio_length=audio_length, img_size=IMG_SIZE, **ARCHS[arch])
     model = build_backbone(lambda: CAVMAE(audio_length=audio_length, **ARCHS[arch]), f"CAV-MAE ({arch})",
                            config, checkpoint, seed, checkpoint_filter_fn,

@@ -61,15 +61,20 @@ def cavmae_spec(layout: str, dim=64, specific_depth=2, unified_depth=1, audio_le
     return spec
 
 
+_SCALE = {"norm": 0.1, "norm_bias": 0.1, "bias": 0.02, "embed": 0.5}
+
+
 def cavmae_state(layout: str, seed=0, **sizes) -> dict[str, torch.Tensor]:
     """A ``module.``-prefixed state dict of random weights following :func:`cavmae_spec`."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for key, (kind, shape) in cavmae_spec(layout, **sizes).items():
         r = torch.randn(*shape, generator=g)
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
-        sd["module." + key] = {"norm": 1 + 0.1 * r, "norm_bias": 0.1 * r, "bias": 0.02 * r,
-                               "embed": 0.5 * r, "linear": r / math.sqrt(fan_in)}[kind]
+        if kind == "linear":                       # unit-variance outputs, so 12 blocks stay in range
+            r.mul_(1 / math.sqrt(math.prod(shape[1:])))
+        else:
+            r.mul_(_SCALE[kind]).add_(1.0 if kind == "norm" else 0.0)
+        sd["module." + key] = r
     return sd
 
 
@@ -123,28 +128,36 @@ def _patches(image, weight, bias):
     return torch.stack(tokens)
 
 
-def cavmae_reference(state_dict: dict, fbank: torch.Tensor, frame: torch.Tensor, heads: int) -> dict:
-    """One clip: fbank (T, 128), frame (3, 224, 224) -> the pooled embeddings and, for a fine-tuned
-    file, the logits of every CAVMAEFT.forward mode. ``state_dict`` as published (``module.`` keys).
+def cavmae_reference(state_dict: dict, fbank: torch.Tensor, frame: torch.Tensor, heads: int,
+                     dtype=torch.float64) -> dict:
+    """One clip: fbank (T, 128), frame (3, 224, 224) -> the pooled embeddings, the final-norm tokens
+    and, for a fine-tuned file, the logits of every CAVMAEFT.forward mode. ``state_dict`` as
+    published (``module.`` keys). float64 by default; float32 keeps base-size tests fast.
     """
-    sd = {k[len("module."):]: v.double() for k, v in state_dict.items()}
+    sd = {k[len("module."):]: v.to(dtype) for k, v in state_dict.items()}
     # a.unsqueeze(1).transpose(2, 3): the fbank as a 1 x 128 x T image, frequency as height.
-    a = _patches(fbank.double().T[None], sd["patch_embed_a.proj.weight"], sd["patch_embed_a.proj.bias"])
+    a = _patches(fbank.to(dtype).T[None], sd["patch_embed_a.proj.weight"], sd["patch_embed_a.proj.bias"])
     a = a + sd["pos_embed_a"][0] + sd["modality_a"][0]
-    v = _patches(frame.double(), sd["patch_embed_v.proj.weight"], sd["patch_embed_v.proj.bias"])
+    v = _patches(frame.to(dtype), sd["patch_embed_v.proj.weight"], sd["patch_embed_v.proj.bias"])
     v = v + sd["pos_embed_v"][0] + sd["modality_v"][0]
     for i in range(_depth(sd, "blocks_a")):
         a = _block(a, sd, f"blocks_a.{i}.", heads, None)
     for i in range(_depth(sd, "blocks_v")):
         v = _block(v, sd, f"blocks_v.{i}.", heads, None)
 
-    def unified(x, modality, norm):
+    def unified_tokens(x, modality, norm):
         for i in range(_depth(sd, "blocks_u")):
             x = _block(x, sd, f"blocks_u.{i}.", heads, modality)
-        return _layer_norm(x, sd, norm).mean(dim=0)
+        return _layer_norm(x, sd, norm)
 
-    out = {"audio": unified(a, "a", "norm_a"), "video": unified(v, "v", "norm_v"),
-           "joint": unified(torch.cat([a, v]), None, "norm")}
+    def unified(x, modality, norm):
+        return unified_tokens(x, modality, norm).mean(dim=0)
+
+    # CAVMAEFT.forward 'multimodal': torch.cat((a, v), dim=1), audio tokens first.
+    tokens = {"audio": unified_tokens(a, "a", "norm_a"), "video": unified_tokens(v, "v", "norm_v"),
+              "joint": unified_tokens(torch.cat([a, v]), None, "norm")}
+    out = {name: t.mean(dim=0) for name, t in tokens.items()}
+    out["tokens"] = tokens
     if "mlp_head.1.weight" in sd:
         def head(x):
             return _linear(_layer_norm(x, sd, "mlp_head.0"), sd, "mlp_head.1")

@@ -105,11 +105,15 @@ def test_ten_frames_run_the_audio_tower_once(tmp_path):
     assert (model.embed_video(frames) - out["video"]).abs().max() < TOL
 
 
-def test_forward_features_token_sequences(tmp_path):
-    model = load_cavmae(arch="tiny", audio_length=256)
+def test_forward_features_token_sequences_in_reference_order(tmp_path):
+    sd = cavmae_state("pretrained", audio_length=256, seed=8)
+    model = load_cavmae(_save(tmp_path, "pt.pth", sd), audio_length=256, arch="tiny")
     tokens = model.forward_features(_fbank(2, 256), _frames(2))
     assert tokens["audio"].shape == (2, 128, 64) and tokens["video"].shape == (2, 196, 64)
     assert tokens["joint"].shape == (2, 128 + 196, 64)
+    ref = cavmae_reference(sd, _fbank(2, 256)[1], _frames(2)[1], heads=2)["tokens"]
+    for name in ("audio", "video", "joint"):  # token by token: frequency-major audio, audio before video
+        assert _max_diff(tokens[name][1], ref[name]) < TOL, name
     assert torch.equal(tokens["joint"].mean(1), model.embed(_fbank(2, 256), _frames(2))["joint"])
     assert set(model.forward_features(frame=_frames(2))) == {"video"}
 
@@ -242,7 +246,7 @@ def test_base_finetuned_file_matches_reference(tmp_path):
     fbank, frame = _fbank(1, seed=6), _frames(1, seed=7)
     with torch.inference_mode():
         out, logits = model.embed(fbank, frame), model.classify(fbank, frame)
-    ref = cavmae_reference(sd, fbank[0], frame[0], heads=12)
+    ref = cavmae_reference(sd, fbank[0], frame[0], heads=12, dtype=torch.float32)
     for name in ("audio", "video", "joint"):
         assert out[name].shape == (1, 768) and _max_diff(out[name][0], ref[name]) < 1e-4, name
     assert logits.shape == (1, 309) and _max_diff(logits[0], ref["logits"]["multimodal"]) < 1e-4
