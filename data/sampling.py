@@ -5,8 +5,11 @@ indices of the frames to feed, in display order. Rules are registered by name so
 backbone's spec (``VideoConfig.sampling`` plus ``VideoConfig.sampling_options``) can ask for
 its own reference protocol without data/ knowing which model it is::
 
-    @register_sampling("my_rule", options={"stride": 2}, help="...")
-    def my_rule(num_available, num_frames, *, fps, view, num_views, stride): ...
+    @register_sampling("my_rule")
+    def my_rule(num_available, num_frames, *, fps=None, view=0, num_views=1, stride=2): ...
+
+(the keyword parameters after ``num_views`` are the rule's options; a rule without a default
+for ``fps`` needs the frame rate; one with a ``timing`` parameter gets the stream's timestamps).
 
 Every rule takes ``view`` (0-based) and ``num_views``: the temporal view to produce out of
 how many the protocol averages (TimeSformer's ``TEST.NUM_ENSEMBLE_VIEWS``), so that several
@@ -15,7 +18,8 @@ temporal views can be cached later; a rule that has only one view refuses ``num_
 ``num_available`` is the number of frames the clip shows, counted from its packets by
 data/video.py (metadata frame counts are wrong for variable-rate clips and for mp4 edit lists);
 ``fps`` is the stream's average frame rate (PyAV ``stream.average_rate``, FFmpeg's
-``avg_frame_rate``), what TimeSformer's PyAV loader and OpenCV's ``CAP_PROP_FPS`` read.
+``avg_frame_rate``), what TimeSformer's PyAV loader and OpenCV's ``CAP_PROP_FPS`` read;
+``timing`` (a :class:`StreamTiming`) the shown frames' timestamps and what the stream declares.
 """
 from __future__ import annotations
 
@@ -29,11 +33,23 @@ import torch
 
 
 @dataclass(frozen=True)
+class StreamTiming:
+    """Timestamps, for rules defined on them: the shown frames' pts in display order (stream
+    time base), and the frame count and duration the stream declares (PyAV ``stream.frames``,
+    0 when unknown, and ``stream.duration``, None when unknown)."""
+
+    frame_pts: tuple[int, ...]
+    declared_frames: int
+    duration: int | None
+
+
+@dataclass(frozen=True)
 class SamplingRule:
     name: str
     fn: Callable
     options: dict = field(default_factory=dict)   # option -> default
     needs_fps: bool = False
+    takes_timing: bool = False
     help: str = ""
 
 
@@ -49,11 +65,11 @@ def register_sampling(name: str, *, help: str = ""):
         if name in SAMPLINGS and SAMPLINGS[name].fn is not fn:
             raise ValueError(f"sampling rule {name!r} is registered twice")
         params = inspect.signature(fn).parameters
-        fixed = {"num_available", "num_frames", "fps", "view", "num_views"}
+        fixed = {"num_available", "num_frames", "fps", "view", "num_views", "timing"}
         options = {k: p.default for k, p in params.items() if k not in fixed}
         needs_fps = params["fps"].default is inspect.Parameter.empty
         doc = help or (inspect.getdoc(fn) or "").split("\n")[0]
-        SAMPLINGS[name] = SamplingRule(name, fn, options, needs_fps, doc)
+        SAMPLINGS[name] = SamplingRule(name, fn, options, needs_fps, "timing" in params, doc)
         return fn
     return decorator
 
@@ -78,8 +94,11 @@ def check_sampling_options(name: str, options: dict) -> dict:
 
 
 def sample_frames(name: str, num_available: int, num_frames: int, *, fps: float | None = None,
-                  view: int = 0, num_views: int = 1, **options) -> list[int]:
-    """Indices (display order, 0-based, each in ``[0, num_available)``) chosen by rule ``name``."""
+                  view: int = 0, num_views: int = 1, timing: StreamTiming | None = None,
+                  **options) -> list[int]:
+    """Indices (display order, 0-based, each in ``[0, num_available)``) chosen by rule ``name``.
+
+    ``timing`` goes to the rules that take it (their fallback without it is documented)."""
     rule = get_sampling(name)
     if num_available < 1:
         raise ValueError(f"need at least one frame to sample from, got {num_available}")
@@ -92,9 +111,13 @@ def sample_frames(name: str, num_available: int, num_frames: int, *, fps: float 
     if rule.needs_fps and (fps is None or not math.isfinite(fps) or fps <= 0):
         raise ValueError(f"sampling rule {name!r} needs the clip's frame rate, got fps={fps!r}")
     kwargs = check_sampling_options(name, options)
+    if rule.takes_timing:
+        kwargs["timing"] = timing
     indices = [int(i) for i in rule.fn(num_available, num_frames, fps=fps, view=view,
                                        num_views=num_views, **kwargs)]
-    assert len(indices) == num_frames and all(0 <= i < num_available for i in indices), indices
+    if len(indices) != num_frames or not all(0 <= i < num_available for i in indices):
+        raise ValueError(f"sampling rule {name!r} gave {len(indices)} indices {indices[:12]} for "
+                         f"{num_frames} frames out of {num_available}")
     return indices
 
 
@@ -132,6 +155,38 @@ def timesformer_window(num_available, num_frames, *, fps, view=0, num_views=1,
     end = start + clip_size - 1
     index = torch.linspace(start, end, num_frames)
     return torch.clamp(index, 0, num_available - 1).long().tolist()
+
+
+@register_sampling("timesformer_pyav")
+def timesformer_pyav(num_available, num_frames, *, fps, view=0, num_views=1, timing=None,
+                     sampling_rate=32, target_fps=30):
+    """TimeSformer's PyAV decoding exactly (timesformer/datasets/decoder.py, ``pyav_decode`` then
+    ``decode``): the window is placed on the stream's *declared* frame count and duration:
+    ``get_start_end_idx(stream.frames, clip_size, view, num_views)``, converted to timestamps
+    with ``duration / stream.frames`` per frame (``int`` of each end); the frames shown in
+    ``[start_pts, end_pts]`` plus the next one (``pyav_decode_stream``, buffer_size 0) are
+    the decoded set, of which ``temporal_sampling`` takes ``linspace(0, clip_size - 1, T)``,
+    clamped to its length. mp4s cut with an edit list declare their pre-roll frames too, so on
+    them the window is shorter than clip_size frames. Where the reference decodes the whole
+    clip (no declared duration) or fails (no declared frame count: a division by zero; no
+    timestamps; an empty window), this is "timesformer_window" over the counted frames."""
+    if (timing is None or timing.duration is None or timing.declared_frames <= 0
+            or len(timing.frame_pts) != num_available):
+        return timesformer_window(num_available, num_frames, fps=fps, view=view, num_views=num_views,
+                                  sampling_rate=sampling_rate, target_fps=target_fps)
+    clip_size = sampling_rate * num_frames / target_fps * fps
+    start = max(timing.declared_frames - clip_size, 0) * view / num_views
+    end = start + clip_size - 1
+    per_frame = timing.duration / timing.declared_frames
+    start_pts, end_pts = int(start * per_frame), int(end * per_frame)
+    window = [i for i, pts in enumerate(timing.frame_pts) if start_pts <= pts <= end_pts]
+    after = [i for i, pts in enumerate(timing.frame_pts) if pts > end_pts][:1]
+    window += after
+    if not window:
+        return timesformer_window(num_available, num_frames, fps=fps, view=view, num_views=num_views,
+                                  sampling_rate=sampling_rate, target_fps=target_fps)
+    index = torch.clamp(torch.linspace(0, clip_size - 1, num_frames), 0, len(window) - 1).long()
+    return [window[i] for i in index.tolist()]
 
 
 @register_sampling("cavmae")

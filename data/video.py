@@ -6,8 +6,10 @@ What a backbone sees is declared by its ``VideoConfig`` (nothing model-specific 
   ``n`` is counted from the container's packets, not taken from metadata, which is wrong for
   variable-frame-rate clips and for mp4s cut with an edit list (their pre-roll frames are
   decoded but never shown, so they are not counted). Default "uniform":
-  ``rint(linspace(0, n - 1, num_frames))``; "timesformer_window" is TimeSformer's own decoder
-  window, "cavmae" CAV-MAE's frame extraction, "tsn" TSN/TSM's segment centres.
+  ``rint(linspace(0, n - 1, num_frames))``; "timesformer_window" is TimeSformer's decoder window
+  on the counted frames, "timesformer_pyav" the same as its PyAV path really places it (on the
+  declared frame count and duration), "cavmae" CAV-MAE's frame extraction, "tsn" TSN/TSM's
+  segment centres.
 * Spatial (data/spatial.py): short side resized to ``resize`` (default ``img_size``) by
   TimeSformer's bilinear ``interpolate`` or by torchvision/Pillow, crop(s) of ``img_size``,
   ``(x / 255 - mean) / std``.
@@ -43,7 +45,7 @@ import torch
 
 from ._container import av_reason, clip_id_for, find_video_stream, open_input
 from .errors import ClipError
-from .sampling import get_sampling, sample_frames
+from .sampling import StreamTiming, get_sampling, sample_frames
 from .spatial import assemble_views, frame_views
 from .video_config import VideoConfig
 
@@ -73,12 +75,14 @@ def stream_fps(stream) -> float | None:
     return None
 
 
-def frame_positions(cfg: VideoConfig, num_available: int, fps: float | None, clip_id: str) -> list[int]:
+def frame_positions(cfg: VideoConfig, num_available: int, fps: float | None, clip_id: str,
+                    timing: StreamTiming | None = None) -> list[int]:
     """The frames ``cfg.sampling`` picks out of ``num_available`` (display order)."""
     if fps is None and get_sampling(cfg.sampling).needs_fps:
         raise ClipError(clip_id, f"sampling rule {cfg.sampling!r} needs the frame rate, which "
                                  "the video stream does not declare")
-    return sample_frames(cfg.sampling, num_available, cfg.num_frames, fps=fps, **cfg.sampling_kwargs)
+    return sample_frames(cfg.sampling, num_available, cfg.num_frames, fps=fps, timing=timing,
+                         **cfg.sampling_kwargs)
 
 
 def preprocess_frames(frames: Sequence[np.ndarray], cfg: VideoConfig = VideoConfig()) -> torch.Tensor:
@@ -297,9 +301,12 @@ def decode_sampled_frames(path: Path, stream, index: PacketIndex, cfg: VideoConf
         log.warning("%s: the file ends early (%s); using the frames that decode", clip_id,
                     index.truncated_by)
     packets = _PacketSource(path, stream, index)
-    fps = stream_fps(stream)
-    pick = functools.partial(frame_positions, cfg, fps=fps, clip_id=clip_id)
     frame_pts = index.frame_pts()
+    # The timestamps go to rules defined on them; a rule sees them only when they describe
+    # exactly the frames it samples from (see sampling.timesformer_pyav).
+    timing = StreamTiming(tuple(frame_pts), stream.frames or 0, stream.duration) if frame_pts else None
+    pick = functools.partial(frame_positions, cfg, fps=stream_fps(stream), clip_id=clip_id,
+                             timing=timing)
     if frame_pts:
         positions = pick(len(frame_pts))
         wanted_pts = [frame_pts[p] for p in positions]

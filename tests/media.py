@@ -43,6 +43,40 @@ def timesformer_indices(n: int, t: int, fps: float, sampling_rate=32, target_fps
     return torch.clamp(index, 0, n - 1).long().tolist()
 
 
+def timesformer_pyav_frames(path, t=8, sampling_rate=32, target_fps=30, clip_idx=0, num_clips=1):
+    """TimeSformer's decoder.py ``decode(container, ..., backend="pyav")`` as it runs: metadata,
+    ``get_start_end_idx`` on the declared frame count, pts window, seek, the
+    ``pyav_decode_stream`` loop (buffer_size 0), ``temporal_sampling``. Returns the sampled
+    frames' pts and {pts: RGB} (only the sampled frames are converted, to keep memory small)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames_length, duration = stream.frames, stream.duration
+        clip_size = sampling_rate * t / target_fps * fps
+        delta = max(frames_length - clip_size, 0)
+        start_idx = delta * clip_idx / num_clips
+        end_idx = start_idx + clip_size - 1
+        timebase = duration / frames_length
+        video_start_pts, video_end_pts = int(start_idx * timebase), int(end_idx * timebase)
+        container.seek(max(video_start_pts - 1024, 0), any_frame=False, backward=True, stream=stream)
+        frames, buffer_count = {}, 0
+        for frame in container.decode(video=0):
+            if frame.pts < video_start_pts:
+                continue
+            if frame.pts <= video_end_pts:
+                frames[frame.pts] = frame
+            else:
+                buffer_count += 1
+                frames[frame.pts] = frame
+                if buffer_count >= 0:
+                    break
+        ordered = [frames[pts] for pts in sorted(frames)]
+        # decode(): get_start_end_idx(len, clip_sz, 0, 1) on the decoded set, then sampling.
+        index = torch.clamp(torch.linspace(0, clip_size - 1, t), 0, len(ordered) - 1).long()
+        chosen = [ordered[i] for i in index.tolist()]
+        return [f.pts for f in chosen], {f.pts: f.to_ndarray(format="rgb24") for f in chosen}
+
+
 def cavmae_indices(n: int, fps: float, extract_frame_num=10) -> list[int]:
     """CAV-MAE's src/preprocess/extract_video_frame.py with OpenCV's seek: the frame returned
     by ``read()`` after ``set(CAP_PROP_POS_FRAMES, frame_idx - 1)`` (a negative position is

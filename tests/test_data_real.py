@@ -10,7 +10,7 @@ from data import (AudioConfig, ClipDataset, VideoConfig, decode_audio, load_fban
                   read_manifest)
 from tests.media import (ast_fbank, cavmae_indices, cavmae_preprocess, ffmpeg_wav, link, read_wav,
                          reference_preprocess, reference_sampled_frames, timesformer_indices,
-                         video_fps)
+                         timesformer_pyav_frames, video_fps)
 from tests.test_data_audio import assert_fbank_close
 
 # Awkward real clips: 160 edit-list pre-roll frames before the first shown one, portrait
@@ -116,6 +116,18 @@ def test_real_timesformer_window_equals_its_decoder(subset_dir):
     got = load_video(path, VideoConfig(resize=256, sampling="timesformer_window"))
     want = reference_preprocess([kept[i] for i in indices], scale=256)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_real_timesformer_pyav_equals_its_decoder_where_metadata_overstates_the_frames(subset_dir):
+    # This clip shows 120 frames and declares 149: TimeSformer's PyAV path places its window on
+    # the declared count, and so picks other frames than the window on the counted ones.
+    path = subset_dir / AWKWARD[3]
+    pts, kept = timesformer_pyav_frames(path)
+    want = reference_preprocess([kept[p] for p in pts], scale=256)
+    got = load_video(path, VideoConfig(resize=256, sampling="timesformer_pyav"))
+    assert (got - want).abs().max().item() <= 1e-5
+    other = load_video(path, VideoConfig(resize=256, sampling="timesformer_window"))
+    assert (got - other).abs().max().item() > 0.1
 
 
 def test_real_cavmae_frames_equal_its_extraction_and_dataloader(subset_dir):

@@ -1,12 +1,14 @@
 """data.sampling: the temporal sampling rules against the reference projects' own formulas."""
 import pytest
+import torch
 
 import data.sampling as sampling_module
 from data import ClipError, VideoConfig, load_video, register_sampling, sample_frames
 from data.synth import write_clip
+from data.sampling import StreamTiming
 from data.video import frame_positions
-from tests.media import (cavmae_indices, reference_clip_tensor, reference_indices, timesformer_indices,
-                         tsn_indices, video_fps)
+from tests.media import (cavmae_indices, reference_clip_tensor, reference_indices, reference_preprocess,
+                         timesformer_indices, timesformer_pyav_frames, tsn_indices, video_fps)
 
 # (frames available, frames wanted, fps): 10 s clips at VGGSound's rates, short and long ones.
 GRID = [(300, 8, 30.0), (250, 8, 25.0), (120, 8, 12.0), (299, 8, 29.97), (240, 16, 24.0),
@@ -127,3 +129,34 @@ def test_the_rules_pick_different_frames_of_the_same_clip():
     picks = {rule: tuple(sample_frames(rule, 120, 8, fps=12.0)) for rule in ("uniform", "tsn",
                                                                                "timesformer_window")}
     assert len(set(picks.values())) == 3, picks
+
+
+def test_timesformer_pyav_places_its_window_on_the_declared_frame_count():
+    # 301 frames shown, 433 declared (an mp4 whose edit list hides 132 pre-roll frames), 30 fps.
+    pts = tuple(3000 * i for i in range(301))
+    timing = StreamTiming(pts, 433, 903060)
+    got = sample_frames("timesformer_pyav", 301, 8, fps=30.0, timing=timing)
+    per_frame = 903060 / 433  # the reference's duration / frames_length
+    end_pts = int(255 * per_frame)
+    window = [i for i, p in enumerate(pts) if p <= end_pts]
+    window.append(len(window))  # the first frame past the window is decoded too
+    want = torch.clamp(torch.linspace(0, 255, 8), 0, len(window) - 1).long().tolist()
+    assert got == [window[i] for i in want]
+    assert got != sample_frames("timesformer_window", 301, 8, fps=30.0)
+    # Declared and shown agree: the same frames as the window on the counted frames.
+    honest = StreamTiming(pts, 301, 903000)
+    assert sample_frames("timesformer_pyav", 301, 8, fps=30.0, timing=honest) == \
+        sample_frames("timesformer_window", 301, 8, fps=30.0)
+    # Nothing declared (mkv) or no timestamps: the reference decodes everything.
+    for timing in (None, StreamTiming(pts, 0, None), StreamTiming(pts, 433, None)):
+        assert sample_frames("timesformer_pyav", 301, 8, fps=30.0, timing=timing) == \
+            sample_frames("timesformer_window", 301, 8, fps=30.0)
+
+
+@pytest.mark.parametrize("fps,duration", [(12, 10.0), (30, 10.0), (25, 3.0)])
+def test_load_video_timesformer_pyav_equals_its_decoder_on_synthetic_clips(tmp_path, fps, duration):
+    path = write_clip(tmp_path / "c.mp4", fps=fps, duration=duration, size=(40, 30), audio=False)
+    pts, kept = timesformer_pyav_frames(path)
+    want = reference_preprocess([kept[p] for p in pts], size=32)
+    got = load_video(path, VideoConfig(sampling="timesformer_pyav", img_size=32))
+    assert (got - want).abs().max().item() <= 1e-5
