@@ -3,8 +3,9 @@
 The fbank reference is tests/media.py's float64 numpy Kaldi fbank (no torchaudio). data/ computes
 it in float32 with torchaudio; the FFT's rounding is relative to a frame's loudest bin, so cells
 ~100 dB below it differ most: 4.7e-4 at worst over the 122 real clips (normalised units), 2e-6
-on average. FBANK_MAX / FBANK_MEAN leave 4-5x of that; a wrong window, pre-emphasis, mel range,
-down-mix or normalisation moves most cells by 1e-2 or more.
+on average. FBANK_MAX / FBANK_MEAN leave 4-5x of that. Measured on a real clip, a povey window,
+no pre-emphasis, a mel bank from 0 Hz or no per-frame DC removal each move some cells by more
+than 0.5 and the mean by more than 2e-3; the float down-mix moves loud cells by 0.076.
 """
 import json
 
