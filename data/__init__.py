@@ -8,10 +8,12 @@ from .clip import LoadedClip, load_clip
 from .dataset import ClipDataset, collate_clips
 from .errors import ClipError
 from .manifest import Clip, Manifest, read_manifest
+from .sampling import register_sampling, sample_frames
 from .video import VideoConfig, load_video, preprocess_frames, sample_indices
 
 __all__ = [
     "AudioConfig", "Clip", "ClipDataset", "ClipError", "LoadedClip", "Manifest", "VideoConfig",
     "collate_clips", "decode_audio", "fbank_from_waveform", "load_clip", "load_fbank",
-    "load_video", "preprocess_frames", "read_manifest", "sample_indices",
+    "load_video", "preprocess_frames", "read_manifest", "register_sampling", "sample_frames",
+    "sample_indices",
 ]

@@ -32,7 +32,8 @@ def load_clip(path: str | Path, video_cfg: VideoConfig = VideoConfig(),
     with open_input(path, clip_id) as container:
         vstream = open_video_stream(container, clip_id)
         astream = find_audio_stream(container)
-        audio = AudioAccumulator(astream, audio_cfg.sample_rate) if astream is not None else None
+        audio = (AudioAccumulator(astream, audio_cfg.sample_rate, audio_cfg.downmix)
+                 if astream is not None else None)
         index = demux_video(container, vstream, PacketIndex(),
                             on_other=audio.feed if audio is not None else None,
                             other_streams=[astream] if astream is not None else [])

@@ -8,12 +8,16 @@
 
 A dataset has one label vocabulary: the sorted names of every label in any split (stored with
 the cache, so train and test agree on indices). Files that are missing are not a manifest
-error: they fail one by one at load time. A malformed manifest is a ValueError naming the file
-and line.
+error: they fail one by one at load time. A row repeated exactly (same clip, label and split)
+is used once, with a warning naming both lines; the same clip with another label or split is
+an error. Split names become file names (``<split>.h5``): letters, digits, ``_``, ``-`` and
+``.``, not first. A malformed manifest (not UTF-8, not CSV, wrong columns, no rows, a folder,
+unreadable) is a one-line ValueError naming the file and, where there is one, the line.
 """
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -33,6 +37,15 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".f
                             ".mpeg", ".ts", ".mts", ".wmv", ".3gp", ".ogv", ".ogg", ".nut"})
 _SPLIT_ORDER = ("train", "val", "test")
 _START_SECONDS = re.compile(r"^\d+(\.0*)?$")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def check_split_name(split: str) -> str | None:
+    """Why ``split`` cannot name a cache file (``<split>.h5``), or None when it can."""
+    if _SPLIT_NAME.match(split):
+        return None
+    return (f"bad split name {split!r}: it names the cache file <split>.h5, so use only letters, "
+            "digits, '_', '-' and '.' (not first)")
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ class Manifest:
             if clip.clip_id in seen:
                 raise ValueError(f"{where}: duplicate clip id {clip.clip_id!r}")
             seen.add(clip.clip_id)
+            if check_split_name(clip.split):
+                raise ValueError(f"{where}: clip {clip.clip_id!r}: {check_split_name(clip.split)}")
             if clip.label not in self._index:
                 raise ValueError(f"{where}: clip {clip.clip_id!r} has label {clip.label!r}, "
                                  "which is not in label_names")
@@ -127,7 +142,11 @@ def read_manifest(path: str | os.PathLike, *, video_root: str | os.PathLike | No
     split folders above them. Labels of val/test that train lacks are logged as a warning.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # e.g. a parent folder that cannot be searched
+        raise ValueError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+    if not found:
         raise FileNotFoundError(f"manifest not found: {path}")
     if layout == "auto":
         layout = _detect_layout(path)
@@ -160,17 +179,37 @@ def _detect_layout(path: Path) -> str:
 
 
 def _csv_rows(path: Path):
-    """(line number, cells) of the non-blank rows; cells stripped."""
+    """(line number, cells) of the non-blank rows; cells stripped. BOM and CRLF are fine."""
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
-                    yield reader.line_num, [cell.strip() for cell in row]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                yield reader.line_num, [cell.strip() for cell in row]
     except csv.Error as exc:
-        raise ValueError(f"{path}: malformed CSV: {exc}") from None
+        raise ValueError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+
+
+def _read_text(path: Path) -> str:
+    """The manifest as text (UTF-8, optional BOM); every failure a one-line ValueError."""
+    try:
+        blob = path.read_bytes()
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a CSV manifest (read a folder of class folders "
+                         "with layout='folders' or 'auto')") from None
+    except OSError as exc:  # permission denied, I/O error, a broken mount
+        raise ValueError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = blob[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{blob[exc.start]:02x}); save the "
+                         "manifest as UTF-8") from None
+    if "\0" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL every other byte
+        line = text[:text.index("\0")].count("\n") + 1
+        raise ValueError(f"{path}:{line}: NUL byte: not a text file (UTF-16?); save the manifest "
+                         "as UTF-8")
+    return text
 
 
 @dataclass
@@ -202,6 +241,10 @@ def _read_path_csv(path: Path) -> Manifest:
         clip_path = Path(rel)
         entries.append(_Entry(line, clip_path if clip_path.is_absolute() else root / clip_path,
                               label, split))
+    if not entries:
+        raise ValueError(f"{path}: no clips (the header 'path,label,split' and no rows)")
+    entries = _drop_repeats(path, entries, key=lambda e: Path(os.path.normpath(e.path)),
+                            what=lambda e: str(e.path))
     _assign_ids_from_paths(path, root, entries)
     return _build(path, root, entries)
 
@@ -226,6 +269,8 @@ def _read_vggsound_csv(path: Path, video_root: Path) -> Manifest:
                               label, split, clip_id))
     if not entries:
         raise ValueError(f"{path}: empty manifest")
+    entries = _drop_repeats(path, entries, key=lambda e: e.clip_id,
+                            what=lambda e: f"duplicate clip id {e.clip_id!r}:")
     _check_unique_ids(path, entries)
     return _build(path, video_root, entries)
 
@@ -308,18 +353,35 @@ def _require_cells(source: Path, line: int, **cells: str) -> None:
     for name, value in cells.items():
         if not value:
             raise ValueError(f"{source}:{line}: empty {name.replace('_', ' ')}")
+    problem = check_split_name(cells["split"])
+    if problem:
+        raise ValueError(f"{source}:{line}: {problem}")
+
+
+def _drop_repeats(source: Path, entries: list[_Entry], key, what) -> list[_Entry]:
+    """Entries with exact repeats (same ``key``, label and split) dropped, with a warning naming
+    both lines; the same ``key`` with another label or split is an error naming both."""
+    first: dict = {}
+    kept = []
+    for e in entries:
+        k = key(e)
+        if k not in first:
+            first[k] = e
+            kept.append(e)
+            continue
+        f = first[k]
+        if (f.label, f.split) != (e.label, e.split):
+            raise ValueError(f"{source}:{e.line}: {what(e)} listed twice with another label or split "
+                             f"(line {f.line}: {f.label!r}, {f.split!r}; line {e.line}: {e.label!r}, "
+                             f"{e.split!r})")
+        log.warning("%s:%s: repeats line %s (same clip, label and split); the clip is used once",
+                    source, e.line, f.line)
+    return kept
 
 
 def _assign_ids_from_paths(source: Path, root: Path, entries: list[_Entry]) -> None:
     """Clip id = file stem; where stems collide, the path relative to ``root`` without suffix
-    (with it, if that still collides). The same file listed twice is an error."""
-    by_path: dict[Path, _Entry] = {}
-    for e in entries:
-        key = Path(os.path.normpath(e.path))
-        if key in by_path:
-            raise ValueError(f"{source}:{e.line}: {e.path} is listed twice "
-                             f"(first at {by_path[key].line})")
-        by_path[key] = e
+    (with it, if that still collides). Entries name distinct files (see ``_drop_repeats``)."""
     stems = defaultdict(list)
     for e in entries:
         stems[e.path.stem].append(e)

@@ -1,17 +1,18 @@
-"""Video clips to TimeSformer input: PyAV decoding of only the sampled frames, then resize/crop/normalise.
+"""Video clips to model input: PyAV decoding of only the sampled frames, then resize/crop/normalise.
 
-Test-time protocol (TimeSformer / SlowFast, one temporal view):
+What a backbone sees is declared by its ``VideoConfig`` (nothing model-specific lives here):
 
-* Temporal sampling: ``num_frames`` indices ``rint(linspace(0, n - 1, num_frames))`` over the
-  ``n`` frames the clip presents (rounded half to even, as ``numpy.rint``); a clip with fewer
-  than ``num_frames`` frames repeats frames. ``n`` is counted from the container's packets, not
-  taken from metadata, which is wrong for variable-frame-rate clips and for mp4s cut with an
-  edit list (their pre-roll frames are decoded but never shown, so they are not counted).
-* Spatial: uint8 RGB -> float / 255 -> short side resized to ``img_size`` (bilinear,
-  ``align_corners=False``, long side ``floor(long / short * img_size)``) -> crop(s) of
-  ``img_size`` -> ``(x - mean) / std``. Only the crop's pixels are computed, each from its four
-  bilinear neighbours with PyTorch's weights: this equals ``interpolate`` on the whole frame
-  followed by the crop to ~1e-6, at a fraction of the cost.
+* Temporal sampling: a named rule of data/sampling.py over the ``n`` frames the clip presents.
+  ``n`` is counted from the container's packets, not taken from metadata, which is wrong for
+  variable-frame-rate clips and for mp4s cut with an edit list (their pre-roll frames are
+  decoded but never shown, so they are not counted). Default "uniform":
+  ``rint(linspace(0, n - 1, num_frames))``; "timesformer_window" is TimeSformer's decoder window
+  on the counted frames, "timesformer_pyav" the same as its PyAV path really places it (on the
+  declared frame count and duration), "cavmae" CAV-MAE's frame extraction, "tsn" TSN/TSM's
+  segment centres.
+* Spatial (data/spatial.py): short side resized to ``resize`` (default ``img_size``) by
+  TimeSformer's bilinear ``interpolate`` or by torchvision/Pillow, crop(s) of ``img_size``,
+  ``(x / 255 - mean) / std``.
 * Views: one centre crop -> (3, T, S, S); ``spatial_crops=3`` (left/centre/right, or
   top/centre/bottom for portrait) -> (3 views, 3, T, S, S), kept apart for the extractor,
   which embeds each view and averages the three embeddings.
@@ -35,8 +36,6 @@ import bisect
 import functools
 import itertools
 import logging
-import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -46,6 +45,9 @@ import torch
 
 from ._container import av_reason, clip_id_for, find_video_stream, open_input
 from .errors import ClipError
+from .sampling import StreamTiming, get_sampling, sample_frames
+from .spatial import assemble_views, frame_views
+from .video_config import VideoConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,156 +60,29 @@ _NONREF_SKIP_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mp
 PACKET_BUDGET_BYTES = 256 * 2**20
 
 
-@dataclass(frozen=True)
-class VideoConfig:
-    """TimeSformer input: ``num_frames`` frames of ``img_size`` squared, normalised per channel.
-
-    ``spatial_crops`` is 1 (centre crop) or 3 (left/centre/right for landscape, top/centre/bottom
-    for portrait: TimeSformer's 3-view test protocol).
-    """
-
-    num_frames: int = 8
-    img_size: int = 224
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-    spatial_crops: int = 1
-
-    def __post_init__(self):
-        for name in ("num_frames", "img_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"VideoConfig.{name} must be a positive integer, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        for name in ("mean", "std"):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) != 3:
-                raise ValueError(f"VideoConfig.{name} needs one value per RGB channel, got {value!r}")
-            object.__setattr__(self, name, value)
-        if min(self.std) <= 0:
-            raise ValueError(f"VideoConfig.std must be positive, got {self.std!r}")
-        if self.spatial_crops not in (1, 3):
-            raise ValueError(f"VideoConfig.spatial_crops must be 1 or 3, got {self.spatial_crops!r}")
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable; stored with the cache to detect mismatched preprocessing."""
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VideoConfig":
-        return cls(**d)
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of one clip's tensor: (3, T, S, S), or (3 views, 3, T, S, S)."""
-        one = (3, self.num_frames, self.img_size, self.img_size)
-        return one if self.spatial_crops == 1 else (3,) + one
-
-
-# --------------------------------------------------------------------------------------------
-# Temporal sampling
-
-
 def sample_indices(num_available: int, num_frames: int) -> list[int]:
-    """Indices of ``num_frames`` frames spread uniformly over ``num_available`` (first and last
-    included): ``rint(linspace(0, num_available - 1, num_frames))``; repeats when too few."""
-    if num_available < 1:
-        raise ValueError(f"need at least one frame to sample from, got {num_available}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be positive, got {num_frames}")
-    return np.rint(np.linspace(0, num_available - 1, num_frames)).astype(np.int64).tolist()
+    """The "uniform" rule: ``rint(linspace(0, num_available - 1, num_frames))``, first and last
+    frame included, repeats when too few (see data/sampling.py for the others)."""
+    return sample_frames("uniform", num_available, num_frames)
 
 
-# --------------------------------------------------------------------------------------------
-# Spatial preprocessing
+def stream_fps(stream) -> float | None:
+    """The stream's average frame rate (FFmpeg ``avg_frame_rate``: what TimeSformer's PyAV loader
+    and OpenCV read), else FFmpeg's guess from timestamps, else None."""
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate is not None and rate > 0:
+            return float(rate)
+    return None
 
 
-def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(height, width) after scaling the short side to ``size``, long side floored (SlowFast)."""
-    if width < height:
-        return int(math.floor(float(height) / width * size)), size
-    return size, int(math.floor(float(width) / height * size))
-
-
-def crop_offsets(height: int, width: int, size: int, spatial_crops: int) -> list[tuple[int, int]]:
-    """(y, x) of each crop in the resized frame: centre only, or SlowFast's spatial_idx 0, 1, 2."""
-    centre = (int(math.ceil((height - size) / 2)), int(math.ceil((width - size) / 2)))
-    if spatial_crops == 1:
-        return [centre]
-    if height > width:  # portrait: top, centre, bottom
-        return [(0, centre[1]), centre, (height - size, centre[1])]
-    return [(centre[0], 0), centre, (centre[0], width - size)]
-
-
-def _bilinear_taps(in_size: int, out_size: int, start: int, count: int):
-    """Source indices and weights of ``interpolate(mode="bilinear", align_corners=False)`` for
-    output positions ``start .. start + count - 1``, computed the way PyTorch's CPU kernel does:
-    float32 scale ``in / out``, source position ``scale * (dst + 0.5) - 0.5`` rounded to float32
-    once (the kernel is compiled with fused multiply-add; rounding twice moves the weights by
-    up to 1e-4 of a pixel, visible at 1e-5 after normalisation)."""
-    scale = np.float64(np.float32(in_size) / np.float32(out_size))
-    dst = np.arange(start, start + count, dtype=np.float64)
-    src = (scale * (dst + 0.5) - 0.5).astype(np.float32)  # exact in float64, then one rounding
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.where(i0 < in_size - 1, i0 + 1, i0)
-    w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
-    return i0, i1, w1
-
-
-@functools.lru_cache(maxsize=4)  # 2.4 MB per crop at 224; a clip reuses one entry
-def _crop_plan(height: int, width: int, size: int, spatial_crops: int,
-               mean: tuple[float, ...], std: tuple[float, ...]) -> list[tuple]:
-    """Per crop of a (height, width) frame: source rows and columns of the four bilinear
-    neighbours and the weight of each, with /255 and /std folded in, plus mean/std to subtract.
-    The frames of a clip share their size, so this is computed once per clip."""
-    new_h, new_w = resized_size(height, width, size)
-    scale = (np.float32(1.0) / (np.float32(255.0) * np.asarray(std, dtype=np.float32)))
-    offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
-    plan = []
-    for y, x in crop_offsets(new_h, new_w, size, spatial_crops):
-        y0, y1, wy = _bilinear_taps(height, new_h, y, size)
-        x0, x1, wx = _bilinear_taps(width, new_w, x, size)
-        wy, wx = wy[:, None, None], wx[None, :, None]
-        weights = [np.ascontiguousarray(np.broadcast_to(w * scale, (size, size, 3)), dtype=np.float32)
-                   for w in ((1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx)]
-        for array in (y0, y1, x0, x1, *weights):
-            array.setflags(write=False)  # shared through the cache
-        plan.append((y0, y1, x0, x1, weights, offset))
-    return plan
-
-
-def _frame_views(rgb: np.ndarray, cfg: VideoConfig) -> np.ndarray:
-    """One uint8 (H, W, 3) frame -> float32 (views, S, S, 3), resized, cropped and normalised.
-
-    Only the source pixels the crops read are gathered: resizing a whole 720p frame to then keep
-    a 224 square wastes most of the work, and the result equals resize-then-crop (within float
-    rounding, ~1e-6) because bilinear interpolation is separable and local. NumPy on whole
-    contiguous planes, not torch: these small element-wise steps gain nothing from torch's
-    thread pool, whose hand-offs cost milliseconds per operation on a busy machine.
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB frame, got {rgb.dtype} {rgb.shape}")
-    size = cfg.img_size
-    plan = _crop_plan(rgb.shape[0], rgb.shape[1], size, cfg.spatial_crops, cfg.mean, cfg.std)
-    views = np.empty((len(plan), size, size, 3), dtype=np.float32)
-    scratch = np.empty((size, size, 3), dtype=np.float32)
-    for out, (y0, y1, x0, x1, (w00, w01, w10, w11), offset) in zip(views, plan):
-        upper, lower = rgb.take(y0, axis=0), rgb.take(y1, axis=0)
-        np.multiply(upper.take(x0, axis=1), w00, out=out)
-        out += np.multiply(upper.take(x1, axis=1), w01, out=scratch)
-        out += np.multiply(lower.take(x0, axis=1), w10, out=scratch)
-        out += np.multiply(lower.take(x1, axis=1), w11, out=scratch)
-        out -= offset
-    return views
-
-
-def assemble_views(per_frame: Sequence[np.ndarray], cfg: VideoConfig) -> torch.Tensor:
-    """T arrays (views, S, S, 3) -> float32 tensor (3, T, S, S), or (views, 3, T, S, S)."""
-    stacked = np.stack(per_frame, axis=1)  # (V, T, S, S, 3)
-    out = torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 4, 1, 2, 3)))  # (V, 3, T, S, S)
-    return out[0] if cfg.spatial_crops == 1 else out
+def frame_positions(cfg: VideoConfig, num_available: int, fps: float | None, clip_id: str,
+                    timing: StreamTiming | None = None) -> list[int]:
+    """The frames ``cfg.sampling`` picks out of ``num_available`` (display order)."""
+    if fps is None and get_sampling(cfg.sampling).needs_fps:
+        raise ClipError(clip_id, f"sampling rule {cfg.sampling!r} needs the frame rate, which "
+                                 "the video stream does not declare")
+    return sample_frames(cfg.sampling, num_available, cfg.num_frames, fps=fps, timing=timing,
+                         **cfg.sampling_kwargs)
 
 
 def preprocess_frames(frames: Sequence[np.ndarray], cfg: VideoConfig = VideoConfig()) -> torch.Tensor:
@@ -217,7 +92,7 @@ def preprocess_frames(frames: Sequence[np.ndarray], cfg: VideoConfig = VideoConf
     """
     if len(frames) == 0:
         raise ValueError("no frames to preprocess")
-    return assemble_views([_frame_views(np.asarray(f), cfg) for f in frames], cfg)
+    return assemble_views([frame_views(np.asarray(f), cfg) for f in frames], cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +249,8 @@ def _decode_sampled_fast(codec_context, packets: Iterable[av.Packet], index: Pac
 
 
 def _decode_sampled_full(codec_context, packets: Iterable[av.Packet], num_estimate: int,
-                         num_frames: int, convert: Callable, clip_id: str) -> list[np.ndarray]:
+                         pick: Callable[[int], list[int]], convert: Callable,
+                         clip_id: str) -> list[np.ndarray]:
     """Decode every packet and pick the sampled frames by their position in display order.
 
     ``num_estimate`` (packets shown) is tried first; if a different number of frames decodes,
@@ -382,7 +258,7 @@ def _decode_sampled_full(codec_context, packets: Iterable[av.Packet], num_estima
     """
     total = num_estimate
     for _ in range(2):
-        positions = sample_indices(total, num_frames) if total > 0 else []
+        positions = pick(total) if total > 0 else []
         wanted = set(positions)
         got: dict[int, np.ndarray] = {}
         count = 0
@@ -414,7 +290,7 @@ def decode_sampled_frames(path: Path, stream, index: PacketIndex, cfg: VideoConf
                 rgb = frame.to_ndarray(format="rgb24")
             except (av.FFmpegError, ValueError) as exc:
                 raise ClipError(clip_id, f"cannot convert video frames to RGB: {av_reason(exc)}") from None
-            return _frame_views(rgb, cfg)
+            return frame_views(rgb, cfg)
     if not index.pts:
         raise ClipError(clip_id, "no decodable video frames (the video stream has no packets)")
     codec_context = stream.codec_context
@@ -426,16 +302,20 @@ def decode_sampled_frames(path: Path, stream, index: PacketIndex, cfg: VideoConf
                     index.truncated_by)
     packets = _PacketSource(path, stream, index)
     frame_pts = index.frame_pts()
+    # The timestamps go to rules defined on them; a rule sees them only when they describe
+    # exactly the frames it samples from (see sampling.timesformer_pyav).
+    timing = StreamTiming(tuple(frame_pts), stream.frames or 0, stream.duration) if frame_pts else None
+    pick = functools.partial(frame_positions, cfg, fps=stream_fps(stream), clip_id=clip_id,
+                             timing=timing)
     if frame_pts:
-        positions = sample_indices(len(frame_pts), cfg.num_frames)
+        positions = pick(len(frame_pts))
         wanted_pts = [frame_pts[p] for p in positions]
         got = _decode_sampled_fast(codec_context, packets, index, set(wanted_pts), convert)
         if len(got) == len(set(wanted_pts)):
             return [got[p] for p in wanted_pts]
         log.debug("%s: %d of %d sampled frames decoded; decoding the whole clip",
                   clip_id, len(got), len(set(wanted_pts)))
-    return _decode_sampled_full(codec_context, packets, index.num_shown, cfg.num_frames,
-                                convert, clip_id)
+    return _decode_sampled_full(codec_context, packets, index.num_shown, pick, convert, clip_id)
 
 
 def open_video_stream(container, clip_id: str):

@@ -2,7 +2,9 @@
 independent reference implementations of decoding and preprocessing to compare against.
 
 The references are deliberately naive and share no code with data/: decode every frame with
-PyAV, pick indices, resize the whole frame with torch.nn.functional.interpolate, crop, normalise.
+PyAV, pick indices as the reference projects' code does, resize the whole frame with
+torch.nn.functional.interpolate (or run torchvision's transforms as CAV-MAE does), crop,
+normalise; the fbank is Kaldi's, written out in numpy.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchaudio
 
 from data.synth import write_clip
 
@@ -28,6 +29,70 @@ def reference_indices(n: int, t: int) -> list[int]:
     if t == 1:
         return [0]
     return [int(round(i * (n - 1) / (t - 1))) for i in range(t)]
+
+
+def timesformer_indices(n: int, t: int, fps: float, sampling_rate=32, target_fps=30,
+                        clip_idx=0, num_clips=1) -> list[int]:
+    """TimeSformer's timesformer/datasets/decoder.py on n decoded frames: ``decode`` computes
+    ``clip_sz``, ``get_start_end_idx`` the window, ``temporal_sampling`` the indices."""
+    clip_sz = sampling_rate * t / target_fps * fps
+    delta = max(n - clip_sz, 0)
+    start_idx = delta * clip_idx / num_clips
+    end_idx = start_idx + clip_sz - 1
+    index = torch.linspace(start_idx, end_idx, t)
+    return torch.clamp(index, 0, n - 1).long().tolist()
+
+
+def timesformer_pyav_frames(path, t=8, sampling_rate=32, target_fps=30, clip_idx=0, num_clips=1):
+    """TimeSformer's decoder.py ``decode(container, ..., backend="pyav")`` as it runs: metadata,
+    ``get_start_end_idx`` on the declared frame count, pts window, seek, the
+    ``pyav_decode_stream`` loop (buffer_size 0), ``temporal_sampling``. Returns the sampled
+    frames' pts and {pts: RGB} (only the sampled frames are converted, to keep memory small)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames_length, duration = stream.frames, stream.duration
+        clip_size = sampling_rate * t / target_fps * fps
+        delta = max(frames_length - clip_size, 0)
+        start_idx = delta * clip_idx / num_clips
+        end_idx = start_idx + clip_size - 1
+        timebase = duration / frames_length
+        video_start_pts, video_end_pts = int(start_idx * timebase), int(end_idx * timebase)
+        container.seek(max(video_start_pts - 1024, 0), any_frame=False, backward=True, stream=stream)
+        frames, buffer_count = {}, 0
+        for frame in container.decode(video=0):
+            if frame.pts < video_start_pts:
+                continue
+            if frame.pts <= video_end_pts:
+                frames[frame.pts] = frame
+            else:
+                buffer_count += 1
+                frames[frame.pts] = frame
+                if buffer_count >= 0:
+                    break
+        ordered = [frames[pts] for pts in sorted(frames)]
+        # decode(): get_start_end_idx(len, clip_sz, 0, 1) on the decoded set, then sampling.
+        index = torch.clamp(torch.linspace(0, clip_size - 1, t), 0, len(ordered) - 1).long()
+        chosen = [ordered[i] for i in index.tolist()]
+        return [f.pts for f in chosen], {f.pts: f.to_ndarray(format="rgb24") for f in chosen}
+
+
+def cavmae_indices(n: int, fps: float, extract_frame_num=10) -> list[int]:
+    """CAV-MAE's src/preprocess/extract_video_frame.py with OpenCV's seek: the frame returned
+    by ``read()`` after ``set(CAP_PROP_POS_FRAMES, frame_idx - 1)`` (a negative position is
+    the start)."""
+    total_frame_num = min(n, int(fps * 10))
+    out = []
+    for i in range(extract_frame_num):
+        frame_idx = int(i * (total_frame_num / extract_frame_num))
+        out.append(frame_idx - 1 if frame_idx >= 1 else 0)
+    return out
+
+
+def tsn_indices(n: int, t: int) -> list[int]:
+    """TSM's ops/dataset.py ``_get_test_indices`` (new_length 1), minus its 1-based file numbering."""
+    tick = (n - 1 + 1) / float(t)
+    return [int(tick / 2.0 + tick * x) for x in range(t)]
 
 
 def _decode_all(path, keep=None) -> tuple[int, dict[int, np.ndarray]]:
@@ -55,56 +120,164 @@ def _decode_all(path, keep=None) -> tuple[int, dict[int, np.ndarray]]:
     return count, kept
 
 
-def reference_sampled_frames(path, num_frames: int = 8) -> tuple[list[int], dict[int, np.ndarray]]:
-    """The frame indices TimeSformer's protocol samples and those frames, found by decoding the
-    whole clip twice (count, then pick) so that no frame list is held in memory."""
+def video_fps(path) -> float:
+    """``float(container.streams.video[0].average_rate)``, as TimeSformer's ``pyav_decode``."""
+    with av.open(str(path)) as container:
+        return float(container.streams.video[0].average_rate)
+
+
+def reference_sampled_frames(path, num_frames: int = 8, pick=None) -> tuple[list[int], dict[int, np.ndarray]]:
+    """The frame indices ``pick(n)`` (default: uniform) chooses and those frames, found by
+    decoding the whole clip twice (count, then pick) so that no frame list is held in memory."""
     n, _ = _decode_all(path)
-    indices = reference_indices(n, num_frames)
+    indices = pick(n) if pick is not None else reference_indices(n, num_frames)
     _, kept = _decode_all(path, set(indices))
     return indices, kept
 
 
-def reference_preprocess(frames, size=224, mean=(0.45,) * 3, std=(0.225,) * 3, crops=1):
-    """Whole-frame resize, crop(s), normalise: float (3, T, S, S) or (3, 3, T, S, S)."""
-    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous().float() / 255.0
-    h, w = x.shape[-2:]
-    if w < h:
-        nh, nw = int(math.floor(float(h) / w * size)), size
-    else:
-        nh, nw = size, int(math.floor(float(w) / h * size))
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-    cy, cx = int(math.ceil((nh - size) / 2)), int(math.ceil((nw - size) / 2))
-    if crops == 1:
-        offsets = [(cy, cx)]
-    elif nh > nw:
-        offsets = [(0, cx), (cy, cx), (nh - size, cx)]
-    else:
-        offsets = [(cy, 0), (cy, cx), (cy, nw - size)]
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    views = [((x[:, :, y:y + size, xx:xx + size] - m) / s).permute(1, 0, 2, 3) for y, xx in offsets]
+def reference_preprocess(frames, size=224, mean=(0.45,) * 3, std=(0.225,) * 3, crops=1, scale=None):
+    """TimeSformer's test transform in its own order (timesformer/datasets/kinetics.py): uint8
+    T H W C -> ``utils.tensor_normalize`` -> C T H W -> ``transform.random_short_side_scale_jitter``
+    with min = max = ``scale`` (default ``size``: the three-crop protocol) -> ``uniform_crop``
+    (spatial_idx 1 for one crop, 0, 1, 2 for three). (3, T, S, S) or (3, 3, T, S, S)."""
+    scale = size if scale is None else scale
+    x = torch.from_numpy(np.stack(frames)).float() / 255.0
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    x = x.permute(3, 0, 1, 2)
+    height, width = x.shape[2], x.shape[3]
+    if not ((width <= height and width == scale) or (height <= width and height == scale)):
+        new_height, new_width = scale, scale
+        if width < height:
+            new_height = int(math.floor((float(height) / width) * scale))
+        else:
+            new_width = int(math.floor((float(width) / height) * scale))
+        x = F.interpolate(x, size=(new_height, new_width), mode="bilinear", align_corners=False)
+    views = []
+    for spatial_idx in ([1] if crops == 1 else [0, 1, 2]):
+        height, width = x.shape[2], x.shape[3]
+        y_offset, x_offset = int(math.ceil((height - size) / 2)), int(math.ceil((width - size) / 2))
+        if height > width:
+            y_offset = {0: 0, 1: y_offset, 2: height - size}[spatial_idx]
+        else:
+            x_offset = {0: 0, 1: x_offset, 2: width - size}[spatial_idx]
+        views.append(x[:, :, y_offset:y_offset + size, x_offset:x_offset + size])
     return views[0] if crops == 1 else torch.stack(views)
 
 
-def ast_fbank(waveform: torch.Tensor, target_length=1024, mean=-4.2677393, std=4.5689974):
-    """AST's _wav2fbank and normalisation, written out as in its dataloader."""
-    waveform = waveform - waveform.mean()
-    fbank = torchaudio.compliance.kaldi.fbank(
-        waveform, htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
-        num_mel_bins=128, dither=0.0, frame_shift=10)
-    p = target_length - fbank.shape[0]
-    if p > 0:
-        fbank = torch.nn.ZeroPad2d((0, 0, 0, p))(fbank)
-    elif p < 0:
-        fbank = fbank[0:target_length, :]
-    return (fbank - mean) / (std * 2)
+def cavmae_preprocess(frames, size=224, mean=(0.4850, 0.4560, 0.4060), std=(0.2290, 0.2240, 0.2250),
+                      jpeg=True, interpolation=None):
+    """CAV-MAE's frames as its code makes them: src/preprocess/extract_video_frame.py
+    (``T.Resize(224)``, ``T.CenterCrop(224)``, ``T.ToTensor()`` on the PIL image, then
+    ``save_image`` to a .jpg), then src/dataloader.py (``Image.open``, ``T.Resize(224, BICUBIC)``,
+    ``T.CenterCrop``, ``T.ToTensor``, ``T.Normalize``). (3, T, S, S)."""
+    import tempfile
+
+    import torchvision.transforms as T
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    extract = T.Compose([T.Resize(size) if interpolation is None else T.Resize(size, interpolation),
+                         T.CenterCrop(size), T.ToTensor()])
+    load = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(mean=list(mean), std=list(std))])
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, frame in enumerate(frames):
+            image = extract(Image.fromarray(frame))
+            if jpeg:
+                save_image(image, f"{tmp}/{i}.jpg")
+                out.append(load(Image.open(f"{tmp}/{i}.jpg")))
+            else:
+                out.append(T.Normalize(mean=list(mean), std=list(std))(image))
+    return torch.stack(out, dim=1)
 
 
-def reference_clip_tensor(path, num_frames=8, crops=1) -> torch.Tensor:
+def kaldi_fbank(samples, sample_rate=16000, num_mel_bins=128, window="hanning", low_freq=20.0,
+                frame_ms=25.0, shift_ms=10.0, preemphasis=0.97) -> np.ndarray:
+    """Kaldi's fbank (compute-fbank-feats; feat/feature-window.cc, feature-fbank.cc, mel-computations.cc)
+    written out in float64 numpy, with the options AST passes: no dither, snip_edges, DC offset
+    removed per frame, pre-emphasis, window, zero-padded to a power-of-two FFT, power spectrum,
+    HTK-style mel bank from ``low_freq`` to Nyquist, log floored at float32 epsilon, no energy.
+    Returns (frames, num_mel_bins)."""
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    size, shift = int(sample_rate * frame_ms / 1000), int(sample_rate * shift_ms / 1000)
+    if x.size < size:
+        return np.zeros((0, num_mel_bins))
+    count = 1 + (x.size - size) // shift                       # snip_edges=true
+    frames = np.stack([x[i * shift:i * shift + size] for i in range(count)])
+    frames = frames - frames.mean(axis=1, keepdims=True)       # remove_dc_offset
+    previous = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    frames = frames - preemphasis * previous                   # x[0] -= coeff * x[0]
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / (size - 1))
+    frames = frames * (hann if window == "hanning" else hann ** 0.85)  # "povey": Kaldi's default
+    nfft = 1 << (size - 1).bit_length()                        # round_to_power_of_two
+    power = np.abs(np.fft.rfft(frames, n=nfft)) ** 2           # (count, nfft / 2 + 1)
+
+    def mel(f):
+        return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    low, high = mel(low_freq), mel(sample_rate / 2)
+    delta = (high - low) / (num_mel_bins + 1)
+    left = low + delta * np.arange(num_mel_bins)[:, None]
+    centre, right = left + delta, left + 2 * delta
+    bin_mel = mel(np.arange(nfft // 2) * sample_rate / nfft)[None, :]  # the Nyquist bin is unused
+    bank = np.maximum(0.0, np.minimum((bin_mel - left) / (centre - left),
+                                      (right - bin_mel) / (right - centre)))
+    energies = power[:, : nfft // 2] @ bank.T
+    return np.log(np.maximum(energies, np.finfo(np.float32).eps))
+
+
+def ast_fbank(waveform, target_length=1024, mean=-4.2677393, std=4.5689974, std_scale=2.0):
+    """AST's src/dataloader.py on a mono waveform, with the numpy Kaldi fbank above: mean removed,
+    fbank, zero-padded or cut to ``target_length``, ``(x - mean) / (std * std_scale)``."""
+    x = np.asarray(waveform, dtype=np.float64).reshape(-1)
+    fbank = kaldi_fbank(x - x.mean())
+    fbank = np.concatenate([fbank, np.zeros((max(0, target_length - len(fbank)), fbank.shape[1]))])
+    return torch.from_numpy((fbank[:target_length] - mean) / (std * std_scale)).float()
+
+
+def read_wav(path) -> torch.Tensor:
+    """A 16-bit PCM wav as torchaudio.load returned it to AST (normalize=True): float32
+    int16 / 32768, (channels, n). RIFF read by hand: the standard library's wave module
+    refuses WAVE_FORMAT_EXTENSIBLE, which FFmpeg writes for more than two channels."""
+    import struct
+    blob = Path(path).read_bytes()
+    assert blob[:4] == b"RIFF" and blob[8:12] == b"WAVE", "not a wav file"
+    pos, channels, data = 12, None, None
+    while pos + 8 <= len(blob):
+        tag, size = blob[pos:pos + 4], struct.unpack("<I", blob[pos + 4:pos + 8])[0]
+        body = blob[pos + 8:pos + 8 + size]
+        if tag == b"fmt ":
+            fmt, channels, _, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+            assert fmt in (1, 0xFFFE) and bits == 16, "16-bit PCM expected"
+        elif tag == b"data":
+            data = np.frombuffer(body, dtype="<i2")
+        pos += 8 + size + (size & 1)
+    return torch.from_numpy(data.reshape(-1, channels).T.astype(np.float32) / 32768.0)
+
+
+def ffmpeg_wav(src, dst, rate=16000, mono=True) -> Path:
+    """What ``ffmpeg -i src -vn -ar 16000 [-ac 1] dst.wav`` writes (the references' extraction):
+    the first audio stream transcoded to pcm_s16le; PyAV's encoder converts each frame with
+    libswresample as the ffmpeg tool's filter graph does."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="wav") as out:
+        a_in = inp.streams.audio[0]
+        layout = "mono" if mono else a_in.codec_context.layout.name
+        a_out = out.add_stream("pcm_s16le", rate=rate, layout=layout)
+        for frame in inp.decode(a_in):
+            frame.pts = None
+            for packet in a_out.encode(frame):
+                out.mux(packet)
+        for packet in a_out.encode(None):
+            out.mux(packet)
+    return Path(dst)
+
+
+def reference_clip_tensor(path, num_frames=8, crops=1, scale=None, pick=None, size=224) -> torch.Tensor:
     """Decode everything, pick, resize/crop/normalise (each distinct frame once: 4K is big)."""
-    indices, kept = reference_sampled_frames(path, num_frames)
+    indices, kept = reference_sampled_frames(path, num_frames, pick)
     distinct = sorted(kept)
-    done = reference_preprocess([kept[i] for i in distinct], crops=crops)
+    done = reference_preprocess([kept[i] for i in distinct], size=size, crops=crops, scale=scale)
     position = [distinct.index(i) for i in indices]
     return done[..., position, :, :]
 

@@ -210,3 +210,116 @@ def test_manifest_validates_what_it_is_given(tmp_path):
         Manifest([clip], ["cat"], tmp_path)
     with pytest.raises(ValueError, match="sorted"):
         Manifest([clip], ["dog", "cat"], tmp_path)
+
+
+# --- repeated rows, split names, malformed files ------------------------------------------------
+
+def test_an_exactly_repeated_row_is_used_once_with_a_warning_naming_both_lines(tmp_path, caplog):
+    csv = write(tmp_path / "m.csv", "path,label,split\na.mp4,dog,train\nb.mp4,cat,train\n"
+                                    "./a.mp4,dog,train\n")
+    with caplog.at_level(logging.WARNING, logger="data.manifest"):
+        m = read_manifest(csv)
+    assert [c.clip_id for c in m.clips] == ["a", "b"]
+    assert "m.csv:4: repeats line 2" in caplog.text
+
+
+def test_an_exactly_repeated_vggsound_row_is_used_once(tmp_path, caplog):
+    csv = write(tmp_path / "v.csv", "abc,30,dog,train\nxyz,0,cat,test\nabc,30,dog,train\n")
+    with caplog.at_level(logging.WARNING, logger="data.manifest"):
+        m = read_manifest(csv)
+    assert [c.clip_id for c in m.clips] == ["abc_000030", "xyz_000000"]
+    assert "v.csv:3: repeats line 1" in caplog.text
+
+
+@pytest.mark.parametrize("rows,match", [
+    ("a.mp4,dog,train\nb.mp4,dog,train\na.mp4,dog,test\n",
+     r"m\.csv:4: .*a\.mp4 listed twice with another label or split \(line 2: 'dog', 'train'; "
+     r"line 4: 'dog', 'test'\)"),
+    ("a.mp4,dog,train\n./a.mp4,cat,train\n", r"m\.csv:3: .*line 2: 'dog'.*line 3: 'cat'"),
+])
+def test_a_clip_listed_with_two_labels_or_splits_is_an_error_naming_both_lines(tmp_path, rows, match):
+    with pytest.raises(ValueError, match=match):
+        read_manifest(write(tmp_path / "m.csv", "path,label,split\n" + rows))
+
+
+def test_vggsound_clip_with_two_labels_names_both_lines(tmp_path):
+    with pytest.raises(ValueError, match=r"v\.csv:3: duplicate clip id 'abc_000030'.*line 1.*line 3"):
+        read_manifest(write(tmp_path / "v.csv", "abc,30,dog,train\nq,1,owl,val\nabc,30,dog,test\n"))
+
+
+@pytest.mark.parametrize("split", ["../x", "a/b", ".hidden", "..", "tr ain", "été", "a\\b", "x:y"])
+def test_split_names_that_cannot_name_a_cache_file_are_refused(tmp_path, split):
+    text = f'path,label,split\na.mp4,dog,train\nb.mp4,dog,"{split}"\n'
+    with pytest.raises(ValueError, match=r"m\.csv:3: bad split name") as info:
+        read_manifest(write(tmp_path / "m.csv", text))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"v\.csv:1: bad split name"):
+        read_manifest(write(tmp_path / "v.csv", f'abc,30,dog,"{split}"\n'))
+    with pytest.raises(ValueError, match="bad split name"):
+        Manifest([Clip("a", tmp_path / "a.mp4", "dog", split)], ["dog"], tmp_path)
+
+
+def test_split_names_with_letters_digits_dots_dashes_underscores_are_fine(tmp_path):
+    m = read_manifest(write(tmp_path / "m.csv", "path,label,split\na.mp4,dog,fold-1_v2.test\n"
+                                                "b.mp4,dog,Train2\n"))
+    assert m.splits == ["Train2", "fold-1_v2.test"]
+
+
+def test_bom_crlf_blank_lines_and_spaces_are_read(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"\xef\xbb\xbfpath,label,split\r\n\r\n a.mp4 , dog ,train\r\n   \r\nb.mp4,cat,val\r\n")
+    m = read_manifest(path)
+    assert [(c.clip_id, c.label, c.split) for c in m.clips] == [("a", "dog", "train"), ("b", "cat", "val")]
+    vgg = tmp_path / "v.csv"
+    vgg.write_bytes(b"\xef\xbb\xbfabc,30,dog,train\r\n")
+    assert read_manifest(vgg).clips[0].clip_id == "abc_000030"
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+MALFORMED = [
+    ("header_only", _bytes("path,label,split\n"), "csv", r"m\.csv: no clips"),
+    ("header_and_blanks", _bytes("path,label,split\n\n  \n"), "csv", r"m\.csv: no clips"),
+    ("empty", b"", "auto", r"m\.csv: empty manifest"),
+    ("blank_lines_only", b"\n\n\r\n", "auto", r"m\.csv: empty manifest"),
+    ("extra_column", _bytes("path,label,split\na.mp4,dog,train,x\n"), "auto", r"m\.csv:2: expected 3"),
+    ("missing_column", _bytes("path,label,split\na.mp4,dog\n"), "auto", r"m\.csv:2: expected 3"),
+    ("latin1", _bytes("path,label,split\na.mp4,dog,train\n") + b"b.mp4,caf\xe9,train\n", "auto",
+     r"m\.csv:3: not UTF-8 text \(byte 0xe9\)"),
+    ("utf16", "path,label,split\na.mp4,dog,train\n".encode("utf-16"), "auto", r"m\.csv:1: not UTF-8"),
+    ("binary", bytes(range(256)) * 4, "auto", r"m\.csv:\d+: not UTF-8"),
+    ("nul", _bytes("path,label,split\na.mp4,d\0g,train\n"), "csv", r"m\.csv:2: NUL byte"),
+    ("utf16_no_bom", "path,label,split\n".encode("utf-16-le"), "auto", r"m\.csv:1: NUL byte"),
+    ("open_quote", _bytes('path,label,split\na.mp4,"dog,train\n'), "csv", r"m\.csv:\d+: "),
+    ("vgg_columns", _bytes("abc,30,dog,train\nabc,40,dog\n"), "vggsound", r"m\.csv:2: expected 4"),
+    ("vgg_header_only_as_csv", _bytes("path,label,split\n"), "auto", r"m\.csv: no clips"),
+]
+
+
+@pytest.mark.parametrize("name,blob,layout,match", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_manifests_are_one_line_errors_naming_the_file(tmp_path, name, blob, layout, match):
+    path = tmp_path / "m.csv"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=match) as info:
+        read_manifest(path, layout=layout, video_root=tmp_path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["csv", "vggsound"])
+def test_a_folder_given_as_a_csv_manifest_is_a_one_line_error(tmp_path, layout):
+    (tmp_path / "m.csv").mkdir()
+    with pytest.raises(ValueError, match=r"m\.csv: is a folder, not a CSV manifest"):
+        read_manifest(tmp_path / "m.csv", layout=layout, video_root=tmp_path)
+
+
+def test_an_unreadable_manifest_is_a_one_line_error(tmp_path, monkeypatch):
+    path = write(tmp_path / "m.csv", "path,label,split\na.mp4,dog,train\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod does not stop root, who runs CI
+    with pytest.raises(ValueError, match=r"m\.csv: cannot read the manifest: Permission denied"):
+        read_manifest(path)

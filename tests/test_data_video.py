@@ -10,8 +10,9 @@ import torch
 import data.video as video_module
 from data import ClipError, VideoConfig, load_video, preprocess_frames, sample_indices
 from data.synth import write_clip
-from tests.media import (CASES, build_corpus, corpus_folder, reference_clip_tensor, reference_indices,
-                   reference_preprocess)
+from tests.media import (CASES, build_corpus, corpus_folder, cavmae_indices, cavmae_preprocess,
+                         reference_clip_tensor, reference_indices, reference_preprocess,
+                         reference_sampled_frames, video_fps)
 
 TOL = 1e-5
 OK_CASES = [c for c in CASES if c.ok]
@@ -54,12 +55,13 @@ SIZES = [(360, 480), (240, 320), (720, 1280), (360, 202), (352, 640), (13, 17), 
 
 
 @pytest.mark.parametrize("height,width", SIZES)
-@pytest.mark.parametrize("crops", [1, 3])
-def test_preprocess_equals_whole_frame_interpolate(height, width, crops):
+@pytest.mark.parametrize("crops,resize", [(1, None), (3, None), (1, 256)])
+def test_preprocess_equals_timesformers_whole_frame_transform(height, width, crops, resize):
+    # (1, 256): TimeSformer's one-crop test, short side TRAIN_JITTER_SCALES[0], centre 224.
     rng = np.random.default_rng(height * 7919 + width)
     frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2)]
-    got = preprocess_frames(frames, VideoConfig(spatial_crops=crops))
-    want = reference_preprocess(frames, crops=crops)
+    got = preprocess_frames(frames, VideoConfig(spatial_crops=crops, resize=resize))
+    want = reference_preprocess(frames, crops=crops, scale=resize)
     assert got.shape == want.shape
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert (got - want).abs().max().item() <= TOL
@@ -102,6 +104,55 @@ def test_preprocess_rejects_non_rgb_input():
         preprocess_frames([])
 
 
+def test_one_crop_at_256_is_not_the_centre_of_the_three_crop_view():
+    frame = np.random.default_rng(5).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    at_224 = preprocess_frames([frame], VideoConfig())
+    at_256 = preprocess_frames([frame], VideoConfig(resize=256))
+    assert torch.equal(at_224, preprocess_frames([frame], VideoConfig(spatial_crops=3))[1])
+    assert (at_224 - at_256).abs().max().item() > 0.1
+
+
+PIL_SIZES = [(360, 480), (360, 202), (240, 321), (225, 401), (720, 1280), (13, 17), (224, 224)]
+
+
+@pytest.mark.parametrize("height,width", PIL_SIZES)
+@pytest.mark.parametrize("jpeg", [True, False])
+def test_pil_backend_equals_cavmaes_torchvision_transforms(height, width, jpeg):
+    # CAV-MAE: Resize(224) + CenterCrop + ToTensor, saved as JPEG, reloaded, the dataloader's
+    # Resize(224, BICUBIC) (a no-op on 224 x 224 images), Normalize with ImageNet statistics.
+    rng = np.random.default_rng(height * 31 + width)
+    frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2)]
+    cfg = VideoConfig(num_frames=2, resize_backend="pil", mean=(0.4850, 0.4560, 0.4060),
+                      std=(0.2290, 0.2240, 0.2250), jpeg_quality=75 if jpeg else None)
+    got = preprocess_frames(frames, cfg)
+    want = cavmae_preprocess(frames, jpeg=jpeg)
+    assert got.shape == want.shape == (3, 2, 224, 224)
+    assert (got - want).abs().max().item() <= 1e-6
+
+
+def test_pil_backend_bicubic_and_its_own_resize_are_torchvisions():
+    import torchvision.transforms as T
+    frame = np.random.default_rng(8).integers(0, 256, (241, 321, 3), dtype=np.uint8)
+    cfg = VideoConfig(num_frames=1, img_size=112, resize=128, resize_backend="pil",
+                      interpolation="bicubic", mean=(0, 0, 0), std=(1, 1, 1))
+    from PIL import Image
+    want = T.Compose([T.Resize(128, T.InterpolationMode.BICUBIC), T.CenterCrop(112),
+                      T.ToTensor()])(Image.fromarray(frame))
+    got = preprocess_frames([frame], cfg)[:, 0]
+    assert (got - want).abs().max().item() <= 1e-6
+    # Not the torch path: Pillow's antialiased resampling on uint8 differs from interpolate.
+    torch_path = preprocess_frames([frame], VideoConfig(num_frames=1, img_size=112, resize=128,
+                                                        mean=(0, 0, 0), std=(1, 1, 1)))[:, 0]
+    assert (got - torch_path).abs().max().item() > 1e-2
+
+
+def test_zero_mean_unit_std_gives_plain_unit_range_pixels():
+    # TSAM feeds [0, 1] pixels: mean 0 and std 1 express it.
+    frame = np.random.default_rng(6).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    got = preprocess_frames([frame], VideoConfig(num_frames=1, mean=(0, 0, 0), std=(1, 1, 1)))
+    assert torch.allclose(got[:, 0].permute(1, 2, 0), torch.from_numpy(frame).float() / 255, atol=1e-6)
+
+
 # --- config -------------------------------------------------------------------------------------
 
 def test_video_config_round_trips_through_json_and_validates():
@@ -111,10 +162,31 @@ def test_video_config_round_trips_through_json_and_validates():
     assert VideoConfig.from_dict(d) == cfg
     assert d["mean"] == [0.45, 0.45, 0.45] and d["std"] == [0.225, 0.225, 0.225]
     assert cfg.output_shape == (3, 3, 16, 224, 224)
+    every = VideoConfig(num_frames=10, img_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                        resize=256, interpolation="bicubic", resize_backend="pil", jpeg_quality=75,
+                        sampling="cavmae", sampling_options={"seconds": 10.0, "frame_use": -1})
+    d = json.loads(json.dumps(every.to_dict()))
+    assert d["sampling_options"] == {"frame_use": -1, "seconds": 10.0}
+    assert VideoConfig.from_dict(d) == every and hash(VideoConfig.from_dict(d)) == hash(every)
+    assert set(d) == {f for f in VideoConfig.__dataclass_fields__}
     for bad in [dict(num_frames=0), dict(img_size=-1), dict(spatial_crops=2), dict(std=(0, 1, 1)),
-                dict(mean=(0.5, 0.5))]:
-        with pytest.raises(ValueError):
+                dict(mean=(0.5, 0.5)), dict(resize=200), dict(resize=2.5), dict(interpolation="nearest"),
+                dict(interpolation="bicubic"), dict(resize_backend="cv2"),
+                dict(resize_backend="pil", spatial_crops=3), dict(jpeg_quality=75),
+                dict(resize_backend="pil", jpeg_quality=101), dict(sampling="random"),
+                dict(sampling="timesformer_window", sampling_options={"stride": 2}),
+                dict(sampling="cavmae", num_frames=4), dict(sampling_options={"x": [1]})]:
+        with pytest.raises(ValueError, match="VideoConfig"):
             VideoConfig(**bad)
+    with pytest.raises(ValueError, match="no field crop"):
+        VideoConfig.from_dict({**cfg.to_dict(), "crop": 1})
+
+
+def test_video_config_of_an_older_cache_keeps_its_behaviour():
+    old = {"num_frames": 8, "img_size": 224, "mean": [0.45] * 3, "std": [0.225] * 3, "spatial_crops": 1}
+    cfg = VideoConfig.from_dict(old)
+    assert cfg == VideoConfig() and cfg.short_side == 224 and cfg.sampling == "uniform"
+    assert cfg.resize_backend == "torch" and cfg.interpolation == "bilinear"
 
 
 # --- decoding the synthetic corpus --------------------------------------------------------------
@@ -232,3 +304,18 @@ def test_cover_art_is_not_a_video_stream(tmp_path):
         assert [s.type for s in check.streams] == ["audio", "video"]
     with pytest.raises(ClipError, match="no video stream"):
         load_video(art)
+
+
+def test_cavmae_pipeline_on_a_clip_equals_its_extraction_and_dataloader(tmp_path):
+    path = write_clip(tmp_path / "c.mp4", fps=15, duration=12.0, size=(96, 72), audio=False)
+    fps = video_fps(path)
+    cfg = VideoConfig(num_frames=10, resize_backend="pil", mean=(0.4850, 0.4560, 0.4060),
+                      std=(0.2290, 0.2240, 0.2250), jpeg_quality=75, sampling="cavmae")
+    got = load_video(path, cfg)
+    indices, kept = reference_sampled_frames(path, pick=lambda n: cavmae_indices(n, fps))
+    assert indices[-1] < 150  # the first 10 s of 12
+    want = cavmae_preprocess([kept[i] for i in indices])
+    assert (got - want).abs().max().item() <= 1e-6
+    one = load_video(path, VideoConfig(num_frames=1, resize_backend="pil", mean=cfg.mean, std=cfg.std,
+                                       jpeg_quality=75, sampling="cavmae"))
+    assert torch.equal(one[:, 0], got[:, 5])  # the eval dataloader's middle frame
