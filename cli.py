@@ -70,6 +70,7 @@ def main(verbose):
 @config_option
 @options("manifest", "video_root", "cache_dir", "splits", "video_backbone", "audio_backbone", "backbone",
          "video_checkpoint", "audio_checkpoint", "checkpoint", "trust_checkpoint", "arch", "seed", "spatial_crops",
+         "temporal_views", "sampling",
          "tokens", "layers", "batch_size", "workers", "precision", "limit", "shard", "device")
 @click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="[NAME.]KEY=VALUE",
               help="A backbone option, e.g. num_frames=16 or timesformer.attention_type=space_only (repeat).")

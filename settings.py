@@ -149,6 +149,9 @@ def _choices(kind: str) -> tuple:
     if kind == "transforms":
         from fuse.transforms import TRANSFORMS
         return TRANSFORMS
+    if kind == "sampling":
+        from data.sampling import SAMPLINGS
+        return tuple(sorted(SAMPLINGS))
     from extract import backbone_names
     return tuple(backbone_names(kind))
 
@@ -173,6 +176,11 @@ SETTINGS = {
     "arch": Setting("str", "base", "Backbone size; tiny is for tests and CPU demos.", ("base", "tiny")),
     "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse)."),
     "spatial_crops": Setting("int", 1, "1: one view; 3: left/centre/right views, one embedding each, scores averaged.", (1, 3)),
+    "temporal_views": Setting("int", 1, "K clips per video (the sampling rule's views), one embedding each, scores averaged.",
+                              minimum=1),
+    "sampling": Setting("str", None, "Temporal sampling rule instead of the video backbone's (e.g. timesformer_pyav for "
+                                     "TimeSformer's own window; several temporal views need such a rule).",
+                        _choices("sampling")),
     "tokens": Setting("bool", False, "Also cache compact token sequences (for the bottleneck head), float16."),
     "layers": Setting("str", None, "Also cache the pooled embedding after these blocks: all, or i,j,... (0-based), float16."),
     "batch_size": Setting("int", 8, "Clips per batch.", minimum=1),

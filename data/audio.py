@@ -105,6 +105,11 @@ class AudioConfig:
     def output_shape(self) -> tuple[int, int]:
         return (self.target_length, self.num_mel_bins)
 
+    def features(self, waveform) -> torch.Tensor:
+        """What an audio spec gives the model from the decoded mono waveform: here the fbank.
+        (Other audio specs, e.g. TSAM's spectrogram image, implement the same method.)"""
+        return fbank_from_waveform(waveform, self)
+
 
 class AudioAccumulator:
     """Decodes the packets of one audio stream as they are demuxed, to 16-bit mono at ``rate``.

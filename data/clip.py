@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ._container import clip_id_for, find_audio_stream, open_input
-from .audio import AudioAccumulator, AudioConfig, fbank_from_waveform, finish_audio
+from .audio import AudioAccumulator, AudioConfig, finish_audio
 from .video import (PacketIndex, VideoConfig, assemble_views, decode_sampled_frames, demux_video,
                     open_video_stream)
 
@@ -19,7 +19,7 @@ from .video import (PacketIndex, VideoConfig, assemble_views, decode_sampled_fra
 @dataclass
 class LoadedClip:
     video: torch.Tensor      # (3, T, S, S) or (3 views, 3, T, S, S)
-    fbank: torch.Tensor      # (target_length, num_mel_bins)
+    fbank: torch.Tensor      # the audio spec's features: (target_length, num_mel_bins) for a fbank
     has_audio: bool
 
 
@@ -39,4 +39,4 @@ def load_clip(path: str | Path, video_cfg: VideoConfig = VideoConfig(),
                             other_streams=[astream] if astream is not None else [])
         views = decode_sampled_frames(path, vstream, index, video_cfg, clip_id, threads)
         waveform, has_audio = finish_audio(container, audio, audio_cfg.sample_rate, clip_id)
-    return LoadedClip(assemble_views(views, video_cfg), fbank_from_waveform(waveform, audio_cfg), has_audio)
+    return LoadedClip(assemble_views(views, video_cfg), audio_cfg.features(waveform), has_audio)

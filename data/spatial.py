@@ -146,7 +146,11 @@ def frame_views(rgb: np.ndarray, cfg) -> np.ndarray:
 
 
 def assemble_views(per_frame: Sequence[np.ndarray], cfg) -> torch.Tensor:
-    """T arrays (views, S, S, 3) -> float32 tensor (3, T, S, S), or (views, 3, T, S, S)."""
-    stacked = np.stack(per_frame, axis=1)  # (V, T, S, S, 3)
+    """K * T arrays (crops, S, S, 3) (K temporal views of T frames, one after the other) ->
+    float32 tensor (3, T, S, S), or (K * crops, 3, T, S, S), temporal-major."""
+    stacked = np.stack(per_frame, axis=1)  # (C, K*T, S, S, 3)
+    crops, k = stacked.shape[0], getattr(cfg, "temporal_views", 1)
+    stacked = stacked.reshape(crops, k, -1, *stacked.shape[2:]).swapaxes(0, 1)   # (K, C, T, S, S, 3)
+    stacked = stacked.reshape(k * crops, *stacked.shape[2:])
     out = torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 4, 1, 2, 3)))  # (V, 3, T, S, S)
-    return out[0] if cfg.spatial_crops == 1 else out
+    return out[0] if out.shape[0] == 1 else out

@@ -81,8 +81,11 @@ def frame_positions(cfg: VideoConfig, num_available: int, fps: float | None, cli
     if fps is None and get_sampling(cfg.sampling).needs_fps:
         raise ClipError(clip_id, f"sampling rule {cfg.sampling!r} needs the frame rate, which "
                                  "the video stream does not declare")
-    return sample_frames(cfg.sampling, num_available, cfg.num_frames, fps=fps, timing=timing,
-                         **cfg.sampling_kwargs)
+    # K temporal views: the rule's views 0..K-1, one after the other (decoded once, see
+    # decode_sampled_frames: a frame shared by two views is decoded once).
+    return [i for view in range(cfg.temporal_views)
+            for i in sample_frames(cfg.sampling, num_available, cfg.num_frames, fps=fps, timing=timing,
+                                   view=view, num_views=cfg.temporal_views, **cfg.sampling_kwargs)]
 
 
 def preprocess_frames(frames: Sequence[np.ndarray], cfg: VideoConfig = VideoConfig()) -> torch.Tensor:

@@ -30,6 +30,9 @@ class VideoConfig:
       quality (CAV-MAE's frames are JPEG files written at Pillow's default, 75), None: none.
     * ``sampling`` / ``sampling_options``: a rule of data/sampling.py and its options.
     * ``mean`` (0, 0, 0) with ``std`` (1, 1, 1) gives plain ``[0, 1]`` pixels (TSAM).
+    * ``temporal_views``: K clips of ``num_frames`` each, the sampling rule's views 0..K-1
+      (TimeSformer's TEST.NUM_ENSEMBLE_VIEWS, TSAM's "16 x 10 clips"); with S spatial crops a
+      clip gives K * S views, temporal-major (view k * S + s).
     """
 
     num_frames: int = 8
@@ -43,9 +46,10 @@ class VideoConfig:
     jpeg_quality: int | None = None
     sampling: str = "uniform"
     sampling_options: tuple = ()  # given as a dict; kept as sorted (name, value) pairs (hashable)
+    temporal_views: int = 1
 
     def __post_init__(self):
-        for name in ("num_frames", "img_size"):
+        for name in ("num_frames", "img_size", "temporal_views"):
             _set(self, name, _positive_int(name, getattr(self, name)))
         for name in ("mean", "std"):
             value = tuple(float(v) for v in getattr(self, name))
@@ -85,7 +89,9 @@ class VideoConfig:
         try:
             check_sampling_options(self.sampling, options)
             # A dry run catches option values the rule refuses (e.g. cavmae's frame counts).
-            sample_frames(self.sampling, 300, self.num_frames, fps=30.0, **options)
+            for view in range(self.temporal_views):
+                sample_frames(self.sampling, 300, self.num_frames, fps=30.0, view=view,
+                              num_views=self.temporal_views, **options)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"VideoConfig.sampling={self.sampling!r}: {exc}") from None
         _set(self, "sampling_options", tuple(sorted(options.items())))
@@ -117,10 +123,15 @@ class VideoConfig:
         return cls(**d)
 
     @property
+    def views(self) -> int:
+        """Views per clip: temporal views times spatial crops."""
+        return self.temporal_views * self.spatial_crops
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
-        """Shape of one clip's tensor: (3, T, S, S), or (3 views, 3, T, S, S)."""
+        """Shape of one clip's tensor: (3, T, S, S), or (views, 3, T, S, S) with several views."""
         one = (3, self.num_frames, self.img_size, self.img_size)
-        return one if self.spatial_crops == 1 else (3,) + one
+        return one if self.views == 1 else (self.views,) + one
 
 
 def _set(cfg, name, value) -> None:

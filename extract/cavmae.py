@@ -57,8 +57,10 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
 from torch import nn
 
+from data import AudioConfig, VideoConfig
+
 from .checkpoint import CheckpointError, build_backbone, drop_keys, strip_prefixes
-from .registry import register_backbone
+from .registry import Extras, register_backbone
 
 __all__ = ["CAVMAE", "load_cavmae"]
 
@@ -326,19 +328,54 @@ class CAVMAE(nn.Module):
             x = self._per_clip(x, frames).float()
         return self.mlp_head(x)
 
-    def embedding_shapes(self, modality: str) -> dict[str, tuple[int, ...]]:
-        names = {"audio": ("audio",), "video": ("video",), "audiovisual": ("audio", "video", "joint")}
-        if modality not in names:
-            raise ValueError(f"modality must be one of {', '.join(names)}, got {modality!r}")
-        return {name: (self.embed_dim,) for name in names[modality]}
+    # -- what extraction asks of a backbone (see extract/registry.py) --------------------------
 
-    def input_specs(self, modality: str) -> dict[str, dict]:
-        """The pipeline each input needs (PREPROCESSING with this model's audio length)."""
-        self.embedding_shapes(modality)  # validates modality
-        audio = dict(copy.deepcopy(PREPROCESSING["audio"]), target_length=self.audio_length)
-        specs = {"fbank": audio, "frame": copy.deepcopy(PREPROCESSING["video"])}
-        keep = {"audio": ("fbank",), "video": ("frame",), "audiovisual": ("fbank", "frame")}[modality]
-        return {k: specs[k] for k in keep}
+    def embedding_shapes(self, modality: str = "audiovisual", extras: Extras = Extras()) -> dict:
+        """Per clip: ``audio`` (D,); per frame of the 10: ``video`` and ``joint`` (10, D) and, for a
+        fine-tuned file, ``logits`` (10, classes) of its own classifier (in its label space)."""
+        if modality not in ("audio", "video", "audiovisual"):
+            raise ValueError(f"modality must be audio, video or audiovisual, got {modality!r}")
+        if extras.tokens or extras.layers is not None:
+            raise ValueError("the cavmae backbone caches no tokens or layers (its streams have no CLS token); "
+                             "extract it without them")
+        frames = PREPROCESSING["video"]["frames_per_clip"]
+        per_frame = lambda shape: {"shape": [frames, *shape], "views": frames}
+        shapes = {"audio": (self.embed_dim,)} if modality != "video" else {}
+        if modality != "audio":
+            shapes["video"] = per_frame([self.embed_dim])
+        if modality == "audiovisual":
+            shapes["joint"] = per_frame([self.embed_dim])
+            if self.mlp_head is not None:
+                shapes["logits"] = {**per_frame([self.num_classes]), "label_space": "backbone"}
+        return shapes
+
+    def input_specs(self, modality: str = "audiovisual") -> dict:
+        """The data/ specs of :data:`PREPROCESSING`: 16 kHz first channel, fbank / std; the ten
+        frames of the first 10 s, torchvision's PIL Resize(224) + CenterCrop(224), a JPEG round
+        trip at quality 75, ImageNet normalisation."""
+        audio, video = PREPROCESSING["audio"], PREPROCESSING["video"]
+        specs = {}
+        if modality != "video":
+            specs["audio"] = AudioConfig(sample_rate=audio["sample_rate"], num_mel_bins=audio["fbank"]["num_mel_bins"],
+                                         target_length=self.audio_length, norm_mean=audio["norm_mean"],
+                                         norm_std=audio["norm_std"], norm_std_scale=1.0, downmix="first")
+        if modality != "audio":
+            specs["video"] = VideoConfig(num_frames=video["frames_per_clip"], img_size=IMG_SIZE,
+                                         mean=video["mean"], std=video["std"], resize=IMG_SIZE,
+                                         interpolation="bilinear", resize_backend="pil", jpeg_quality=75,
+                                         sampling="cavmae")
+        return specs
+
+    def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
+        """{"audio": fbank (B, T, 128), "video": frames (B, 3, 10, 224, 224)} -> the embeddings of
+        :meth:`embedding_shapes`: the audio tower once per clip, video and joint per frame."""
+        self.embedding_shapes(modality, extras)       # validates modality and extras
+        fbank = inputs["audio"] if modality != "video" else None
+        frames = inputs["video"].transpose(1, 2) if modality != "audio" else None   # (B, F, 3, H, W)
+        out = self.embed(fbank, frames)
+        if modality == "audiovisual" and self.mlp_head is not None:
+            out["logits"] = self.mlp_head(out["joint"])
+        return {k: v for k, v in out.items() if modality == "audiovisual" or k == modality}
 
 
 def checkpoint_filter_fn(state_dict: dict, model: CAVMAE) -> dict:

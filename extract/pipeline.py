@@ -109,6 +109,8 @@ def run_extraction(s, flags: dict, echo: Callable[[str], None] = print) -> list[
     options = dict(batch_size=s.get("batch_size", flags.get("batch_size")), workers=s.get("workers", flags.get("workers")),
                    precision=s.get("precision", flags.get("precision")), device=device,
                    spatial_crops=s.get("spatial_crops", flags.get("spatial_crops")),
+                   temporal_views=s.get("temporal_views", flags.get("temporal_views")),
+                   sampling=s.get("sampling", flags.get("sampling"), None),
                    limit=s.get("limit", flags.get("limit"), None), tokens=s.get("tokens", flags.get("tokens")),
                    layers=s.get("layers", flags.get("layers"), None), overwrite=bool(flags.get("overwrite")),
                    shard=shard)

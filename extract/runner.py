@@ -81,25 +81,31 @@ class Roles(dict):
             raise ValueError("no backbone to extract with")
         return roles
 
-    def specs(self, spatial_crops: int = 1) -> dict:
-        """The data/ specs of each input slot ("video": VideoConfig, "audio": AudioConfig)."""
+    def specs(self, spatial_crops: int = 1, temporal_views: int = 1, sampling: str | None = None) -> dict:
+        """The data/ specs of each input slot ("video": VideoConfig, "audio": AudioConfig), with
+        the views asked for: a video backbone declares its own crop protocol (input_specs's
+        spatial_crops); temporal views and another sampling rule apply to any video spec."""
+        several = spatial_crops != 1 or temporal_views != 1
+        if several and "video" not in self:
+            raise ValueError("several views are for a video backbone; an audio-visual backbone takes its own frames")
         specs = {}
         for modality, model in self.items():
-            for slot, spec in model.input_specs(modality).items():
+            declared = (model.input_specs(modality, spatial_crops=spatial_crops) if modality == "video"
+                        else model.input_specs(modality))
+            for slot, spec in declared.items():
                 if slot in specs and specs[slot] != spec:
                     raise ValueError(f"two backbones need different {slot} preprocessing; use one audio-visual "
                                      f"backbone alone or backbones of one modality each")
                 specs[slot] = spec
-        if "video" in specs and spatial_crops != 1:
-            if "audiovisual" in self:
-                raise ValueError("several spatial crops are for video backbones; an audio-visual backbone "
-                                 "takes its own frames")
-            specs["video"] = replace(specs["video"], spatial_crops=spatial_crops)
+        if "video" in specs and (temporal_views != 1 or sampling):
+            changes = {"temporal_views": temporal_views, **({"sampling": sampling, "sampling_options": {}}
+                                                           if sampling else {})}
+            specs["video"] = replace(specs["video"], **changes)
         return specs
 
     def views(self, specs: dict) -> int:
         video = specs.get("video")
-        return video.spatial_crops if video is not None and "audiovisual" not in self else 1
+        return video.views if video is not None and "video" in self else 1
 
     def embedding_info(self, extras: Extras, views: int = 1) -> dict:
         """name -> {"shape", "dtype", "role"[, "views"]} of every embedding the extraction writes."""
@@ -108,11 +114,14 @@ class Roles(dict):
             for name, shape in model.embedding_shapes(modality, extras).items():
                 if name in info:
                     raise ValueError(f"two backbones both produce a {name!r} embedding")
+                # A backbone may declare views of its own (CAV-MAE's 10 frames): {"shape", "views"}.
+                declared = dict(shape) if isinstance(shape, dict) else {"shape": list(shape)}
                 per_view = views > 1 and modality == "video"
                 pooled = "_" not in name      # tokens and layers: fp16 on disk, they are big
-                info[name] = {"shape": [views, *shape] if per_view else list(shape),
-                              "dtype": "float32" if pooled else "float16", "role": modality,
-                              **({"views": views} if per_view else {})}
+                if per_view:
+                    declared.update(shape=[views, *declared["shape"]], views=views)
+                info[name] = {"dtype": "float32" if pooled else "float16", "role": modality, **declared,
+                              "shape": list(declared["shape"])}
         return info
 
 
@@ -132,7 +141,8 @@ def cache_signature(split, label_names, roles: Roles, specs: dict, extras: Extra
 
 
 def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, audio_model=None, *,
-                  backbone=None, tokens: bool = False, layers=None,
+                  backbone=None, tokens: bool = False, layers=None, temporal_views: int = 1,
+                  sampling: str | None = None,
                   batch_size: int = 8, workers: int = 2, device: str = "auto", precision: str = "fp32",
                   spatial_crops: int = 1, limit: int | None = None, overwrite: bool = False,
                   shard: tuple[int, int] = (0, 1),
@@ -141,7 +151,8 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
 
     Backbones: ``video_model`` and/or ``audio_model``, or one audio-visual ``backbone``.
     ``tokens`` / ``layers`` ("all" or block indices) also cache token sequences and per-block
-    pooled embeddings (float16). ``on_batch(clips_in_batch, summary)`` is called after each
+    pooled embeddings (float16). ``spatial_crops`` (1 or 3) and ``temporal_views`` (K) cache one
+    embedding per view, (N, K * crops, ...); ``sampling`` replaces the video backbone's rule. ``on_batch(clips_in_batch, summary)`` is called after each
     batch is safely written (a progress bar hook). The first SIGINT (Ctrl-C) stops after the
     batch in hand; a second one aborts.
     """
@@ -155,6 +166,8 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
         raise ValueError(f"limit must be a positive number of clips, got {limit!r}")
     if spatial_crops not in (1, 3):
         raise ValueError(f"spatial crops must be 1 or 3, got {spatial_crops!r}")
+    if isinstance(temporal_views, bool) or not isinstance(temporal_views, int) or temporal_views < 1:
+        raise ValueError(f"temporal views must be a positive integer, got {temporal_views!r}")
     roles = Roles.of(video_model, audio_model, backbone)
     extras = layers if isinstance(layers, Extras) else Extras.parse(tokens, layers)
     dev = resolve_device(device)
@@ -165,7 +178,7 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
         raise ValueError(f"shard index must be in 0..{n - 1}, got {k}")
 
     clips = manifest.split(split)[:limit] if limit else manifest.split(split)
-    specs = roles.specs(spatial_crops)
+    specs = roles.specs(spatial_crops, temporal_views, sampling)
     meta = cache_signature(split, manifest.label_names, roles, specs, extras, precision)
     label_index = {name: i for i, name in enumerate(manifest.label_names)}
     writer = SplitWriter(cache_dir, split, meta, [(c.clip_id, label_index[c.label], source_stamp(c.path)) for c in clips],
@@ -224,7 +237,7 @@ def _finite_rows(batch, embeddings: dict, precision: str):
     """Clips whose embeddings are finite, and the others as errors (a NaN must never reach a head)."""
     finite = np.ones(len(batch["clip_id"]), dtype=bool)
     for value in embeddings.values():
-        finite &= np.isfinite(value.reshape(len(value), -1)).all(1)
+        finite &= np.isfinite(value).all(axis=tuple(range(1, value.ndim)))
     ids = [c for c, ok in zip(batch["clip_id"], finite) if ok]
     hint = " (try --precision fp32)" if precision != "fp32" else ""
     failed = list(batch["failed"]) + [(c, f"the backbones gave NaN or infinite embeddings{hint}")

@@ -158,8 +158,15 @@ class TimeSformer(nn.Module):
 
     # -- what extraction asks of a backbone (see extract/registry.py) --------------------------
 
-    def input_specs(self, modality: str = "video") -> dict:
-        return {"video": VideoConfig(**PREPROCESSING, num_frames=self.num_frames, img_size=self.img_size)}
+    def input_specs(self, modality: str = "video", spatial_crops: int = 1) -> dict:
+        """TimeSformer's test view (timesformer/datasets/kinetics.py, test mode): with one crop the
+        short side is scaled to DATA.TRAIN_JITTER_SCALES[0] and the centre TEST_CROP_SIZE square
+        taken; with three crops the short side is scaled to TEST_CROP_SIZE and the left, centre
+        and right squares taken. TRAIN_JITTER_SCALES[0] is 256 at 224 and 512 at 448
+        (configs/Kinetics/TimeSformer_divST_*): 8/7 of the crop, used at any size."""
+        resize = round(self.img_size * 8 / 7) if spatial_crops == 1 else None
+        return {"video": VideoConfig(**PREPROCESSING, num_frames=self.num_frames, img_size=self.img_size,
+                                     resize=resize, spatial_crops=spatial_crops)}
 
     def embedding_shapes(self, modality: str = "video", extras: Extras = Extras()) -> dict:
         D, depth = self.embed_dim, len(self.blocks)

@@ -189,13 +189,21 @@ def test_registered_audiovisual_backbone_with_its_options():
 def test_embedding_shapes_and_input_specs():
     model = load_cavmae(arch="tiny", audio_length=256)
     assert model.embedding_shapes("audio") == {"audio": (64,)}
-    assert model.embedding_shapes("video") == {"video": (64,)}
-    assert model.embedding_shapes("audiovisual") == {"audio": (64,), "video": (64,), "joint": (64,)}
+    assert model.embedding_shapes("video") == {"video": {"shape": [10, 64], "views": 10}}
+    assert set(model.embedding_shapes("audiovisual")) == {"audio", "video", "joint"}   # no head: no logits
     specs = model.input_specs("audiovisual")
-    assert specs["fbank"]["target_length"] == 256 and PREPROCESSING["audio"]["target_length"] == 1024
-    assert set(model.input_specs("video")) == {"frame"}
-    with pytest.raises(ValueError, match="modality must be one of"):
+    audio, video = specs["audio"], specs["video"]
+    assert (audio.target_length, audio.norm_mean, audio.norm_std, audio.norm_std_scale, audio.downmix) == \
+        (256, -5.081, 4.4849, 1.0, "first")
+    assert (video.num_frames, video.img_size, video.sampling, video.resize_backend, video.jpeg_quality) == \
+        (10, 224, "cavmae", "pil", 75)
+    assert video.mean == (0.485, 0.456, 0.406) and video.std == (0.229, 0.224, 0.225)
+    assert set(model.input_specs("video")) == {"video"} and set(model.input_specs("audio")) == {"audio"}
+    with pytest.raises(ValueError, match="modality must be"):
         model.embedding_shapes("text")
+    from extract.registry import Extras
+    with pytest.raises(ValueError, match="caches no tokens or layers"):
+        model.embedding_shapes("audiovisual", Extras(tokens=True))
 
 
 def test_preprocessing_declares_the_reference_pipeline():
