@@ -91,7 +91,8 @@ def tsam_spectrogram(waveform, sample_rate: int, window_ms: Sequence[float] = WI
     for j, (s, e) in enumerate(splits):
         for i, (win, hop) in enumerate(lengths):
             mel = _mel_transform(int(sample_rate), win, hop, int(n_mels))(wave[s:e])   # (n_mels, frames)
-            image = torch.log(mel + eps).unsqueeze(0)
+            # NumPy's log, as the reference's np.log(X + eps): torch.log differs in the last bit.
+            image = torch.from_numpy(np.log((mel + eps).numpy())).unsqueeze(0)
             out[j, i] = TF.resize(image, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)[0]
     return out[0] if len(splits) == 1 else out
 
