@@ -148,11 +148,11 @@ class TSAM(nn.Module):
         raise ValueError(f"modality must be video, audio or audiovisual, got {modality!r}")
 
     def input_specs(self, modality: str = "audiovisual") -> dict[str, dict]:
-        """{embed argument: its preprocessing}, from :data:`PREPROCESSING`. Both inputs are needed
-        whatever the modality: the audio segment runs through the same shifted batch."""
+        """{embed argument: its preprocessing}, from :data:`PREPROCESSING`. ``embed`` takes both
+        whatever the modality (one batch holds all segments), although each embedding depends on
+        its own input only: no shift reaches the audio segment, and eval-mode BatchNorm is per sample."""
         self.embedding_shapes(modality)
         return {"frames": PREPROCESSING["frames"], "spectrogram": PREPROCESSING["audio"]}
-
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -183,11 +183,11 @@ def test_options_from_the_published_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_base_resnet50_kinetics400_layout_at_224(tmp_path):
+def test_base_resnet50_kinetics400_layout(tmp_path):
     state = tsam_model_state(width=64, layers=(3, 4, 6, 3), seed=9)
     save_tsam_checkpoint(tmp_path / "resnet50_kinetics400.ckpt.pth.tar", state)
     model = load_tsam(tmp_path / "resnet50_kinetics400.ckpt.pth.tar")
-    frames, spec = _inputs(1, 16, 224, seed=9)
+    frames, spec = _inputs(1, 16, 160, seed=9)   # 160 px: the arithmetic is the same, half the cost of 224
     video, audio, logits = tsam_reference(state, frames, spec)
     e = model.embed(frames, spec)
     assert e["video"].shape == e["audio"].shape == (1, 2048)
