@@ -1,0 +1,139 @@
+"""TSAM's audio segment: a 3-channel log-mel image of the clip's sound (aav-antonov/TSAM).
+
+The reference (``video2frames.py`` ``run_audio``, then ``lib/dataset/audio.py`` ``get_audio_x``
+in validation mode, config/kinetics400_config.json ``audio_image_param``):
+
+1. ``ffmpeg -i clip.mp4 clip.wav``: 16-bit PCM at the stream's own sample rate and channels;
+   ``torchaudio.load`` reads it back as ``int16 / 32768``.
+2. ``waveform[0]``: the FIRST channel only (no down-mix), at that sample rate (no resampling).
+3. ``wafeform_to_split`` (num_segments = m_segments = 1: the whole waveform), then for each of
+   three (window, hop) pairs, 25/10, 50/25 and 100/50 ms: ``torchaudio.transforms.MelSpectrogram(
+   sample_rate=sr, n_fft=4800, win_length=round(w * sr / 1000), hop_length=round(h * sr / 1000),
+   n_mels=224)`` (power 2, centred frames with reflect padding, periodic Hann window zero-padded
+   to 4800, HTK mel scale from 0 to sr / 2, no filter normalisation), ``log(mel + 1e-6)``, and
+   ``torchvision.transforms.Resize((224, 224))`` of the (1, 224, frames) image (bilinear, with
+   antialiasing: torchvision's default for tensors since 0.17; older releases did not antialias
+   tensors, which changes the 25/10 ms channel, downsampled ~4.5x in time for a 10-s clip).
+   The three images are the three channels.
+
+Step 1 is done with PyAV: the first audio stream is decoded and converted to planar 16-bit by
+libswresample at its own rate and layout, which is the conversion the ffmpeg command line makes
+for a WAV file, then divided by 32768. ``round`` is Python's (half to even), as in the reference.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+import torch
+import torchaudio
+import torchvision.transforms.functional as TF
+
+from ._container import clip_id_for, duration_seconds, find_audio_stream, open_input
+
+log = logging.getLogger(__name__)
+
+WINDOW_MS = (25, 50, 100)
+HOP_MS = (10, 25, 50)
+N_MELS = 224
+N_FFT = 4800
+EPS = 1e-6
+IMAGE_SIZE = (224, 224)
+FALLBACK_DURATION_S = 10.0
+SILENCE_RATE = 44100
+
+
+def tsam_waveform_splits(num_samples: int, num_segments: int = 1, m_segments: int = 1) -> list[tuple[int, int]]:
+    """``wafeform_to_split``: ``num_segments`` windows of ``x = m * S // (m * n + 1 - n)`` samples,
+    ``x - x // m`` apart ((0, S) for the published configs' n = m = 1)."""
+    n, m = int(num_segments), int(m_segments)
+    if n < 1 or m < 1:
+        raise ValueError(f"num_segments and m_segments must be positive, got {num_segments!r}, {m_segments!r}")
+    x = int(m * num_samples // (m * n + 1 - n))
+    y = int(x // m)
+    return [(i * x - i * y, i * x - i * y + x) for i in range(n)]
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(sample_rate: int, win_length: int, hop_length: int, n_mels: int):
+    return torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=N_FFT, win_length=win_length,
+                                                hop_length=hop_length, n_mels=n_mels)
+
+
+def tsam_spectrogram(waveform, sample_rate: int, window_ms: Sequence[float] = WINDOW_MS,
+                     hop_ms: Sequence[float] = HOP_MS, n_mels: int = N_MELS, eps: float = EPS,
+                     size: tuple[int, int] = IMAGE_SIZE, num_segments: int = 1, m_segments: int = 1) -> torch.Tensor:
+    """``wafeform_to_spectrogram_torch`` of a 1-D waveform: float32 (channels, H, W) for one
+    segment (the reference squeezes it), else (num_segments, channels, H, W)."""
+    wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32) if not torch.is_tensor(waveform) else waveform,
+                           dtype=torch.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"expected a 1-D waveform (one channel), got shape {tuple(wave.shape)}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if len(window_ms) != len(hop_ms):
+        raise ValueError(f"window_ms and hop_ms need one value per channel, got {window_ms!r}, {hop_ms!r}")
+    lengths = [(int(round(w * sample_rate / 1000)), int(round(h * sample_rate / 1000)))
+               for w, h in zip(window_ms, hop_ms)]
+    for win, hop in lengths:
+        if not 1 <= win <= N_FFT or hop < 1:
+            raise ValueError(f"a {win}-sample window does not fit n_fft={N_FFT} at sample_rate={sample_rate} "
+                             "(the reference's fixed n_fft allows at most 48 kHz with a 100 ms window)")
+    splits = tsam_waveform_splits(wave.shape[0], num_segments, m_segments)
+    if any(e - s <= N_FFT // 2 for s, e in splits):
+        raise ValueError(f"a waveform of {wave.shape[0]} samples is too short: each segment needs more than "
+                         f"{N_FFT // 2} samples for the centred {N_FFT}-point frames")
+    out = torch.zeros((len(splits), len(lengths), *size))
+    for j, (s, e) in enumerate(splits):
+        for i, (win, hop) in enumerate(lengths):
+            mel = _mel_transform(int(sample_rate), win, hop, int(n_mels))(wave[s:e])   # (n_mels, frames)
+            # NumPy's log, as the reference's np.log(X + eps): torch.log differs in the last bit.
+            image = torch.from_numpy(np.log((mel + eps).numpy())).unsqueeze(0)
+            out[j, i] = TF.resize(image, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)[0]
+    return out[0] if len(splits) == 1 else out
+
+
+def decode_first_channel(path: str | Path, clip_id: str | None = None) -> tuple[torch.Tensor, int, bool]:
+    """(float32 (n,), sample_rate, has_audio): the first channel of the first audio stream at its
+    own rate, through 16-bit as the reference's WAV files. No audio: zeros of the clip's length at
+    44.1 kHz and ``has_audio=False``. Raises ClipError for an unreadable file."""
+    clip_id = clip_id_for(path, clip_id)
+    with open_input(path, clip_id) as container:
+        stream = find_audio_stream(container)
+        chunks, rate, resampler = [], None, None
+        if stream is not None:
+            try:
+                for packet in container.demux(stream):
+                    for frame in _decode(packet):
+                        if resampler is None:
+                            rate = frame.sample_rate
+                            resampler = av.AudioResampler(format="s16p", layout=frame.layout.name, rate=rate)
+                        chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+            except av.FFmpegError as exc:
+                log.debug("%s: audio demuxing stopped early: %s", clip_id, exc)
+            if resampler is not None:
+                chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+        if chunks and sum(c.size for c in chunks):
+            samples = np.concatenate(chunks).astype(np.float32) / np.float32(32768)
+            return torch.from_numpy(samples), int(rate), True
+        seconds = duration_seconds(container) or FALLBACK_DURATION_S
+    log.warning("%s: no audio; using silence", clip_id)
+    return torch.zeros(max(N_FFT, int(round(seconds * SILENCE_RATE)))), SILENCE_RATE, False
+
+
+def _decode(packet) -> list:
+    try:
+        return packet.decode()
+    except (av.InvalidDataError, av.EOFError):
+        return []
+
+
+def load_tsam_spectrogram(path: str | Path, clip_id: str | None = None) -> tuple[torch.Tensor, bool]:
+    """(TSAM's audio segment (3, 224, 224), has_audio) of one clip."""
+    wave, rate, has_audio = decode_first_channel(path, clip_id)
+    return tsam_spectrogram(wave, rate), has_audio
+
