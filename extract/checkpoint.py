@@ -137,6 +137,10 @@ def unwrap_state_dict(obj, source="checkpoint") -> dict[str, torch.Tensor]:
                 log.info("%s: using %r, dropping %s", source, key, ", ".join(dropped))
             obj = obj[key]
             break
+    if obj and all(isinstance(v, dict) for v in obj.values()):
+        # One state dict per named part (TSAM's model_state: {"nn_backbone": {...}, "last_fc": {...}}):
+        # joined as "<part>.<key>", each part's checkpoint_filter_fn strips what it must.
+        obj = {f"{part}.{k}": v for part, sd in obj.items() for k, v in sd.items()}
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{source}: holds no tensors (keys: {_preview(obj.keys())})")

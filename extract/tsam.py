@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import (CheckpointError, build_backbone, file_sha256, freeze, load_strict,
-                         strip_prefixes, unwrap_state_dict)
-from .registry import register_backbone
+from data.specs import TSAMFrames, TSAMSpectrogram
+
+from .checkpoint import build_backbone, strip_prefixes
+from .registry import Extras, register_backbone
 from .tsm import ARCHS, ResNet, check_frames, segments_to_batch, temporal_shift
 
-__all__ = ["TSAM", "load_tsam", "read_tsam_checkpoint", "tsam_options_from_config"]
+__all__ = ["TSAM", "load_tsam", "tsam_options_from_config"]
 
 log = logging.getLogger(__name__)
 KINETICS_CLASSES = 400
@@ -139,65 +139,36 @@ class TSAM(nn.Module):
     def forward(self, frames: torch.Tensor, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.embed(frames, spectrogram)
 
-    def embedding_shapes(self, modality: str = "audiovisual") -> dict[str, tuple]:
-        shapes = {"video": (self.embed_dim,), "audio": (self.embed_dim,)}
-        if modality == "audiovisual":
-            return shapes
-        if modality in shapes:
-            return {modality: shapes[modality]}
-        raise ValueError(f"modality must be video, audio or audiovisual, got {modality!r}")
+    # -- what extraction asks of a backbone (see extract/registry.py) --------------------------
 
-    def input_specs(self, modality: str = "audiovisual") -> dict[str, dict]:
-        """{embed argument: its preprocessing}, from :data:`PREPROCESSING`. ``embed`` takes both
-        whatever the modality (one batch holds all segments), although each embedding depends on
-        its own input only: no shift reaches the audio segment, and eval-mode BatchNorm is per sample."""
+    def embedding_shapes(self, modality: str = "audiovisual", extras: Extras = Extras()) -> dict:
+        """``video`` and ``audio`` (D,) and, for a checkpoint, its classifier's ``logits``."""
+        if modality != "audiovisual":
+            raise ValueError("the tsam backbone encodes both modalities in one pass; use it as the one "
+                             "audio-visual backbone")
+        if extras.tokens or extras.layers is not None:
+            raise ValueError("the tsam backbone caches no tokens or layers; extract it without them")
+        shapes = {"video": (self.embed_dim,), "audio": (self.embed_dim,)}
+        if self.pretrained:
+            shapes["logits"] = {"shape": [self.num_classes], "label_space": "backbone"}
+        return shapes
+
+    def input_specs(self, modality: str = "audiovisual") -> dict:
+        """:data:`PREPROCESSING` as data/specs.py's TSAMFrames and TSAMSpectrogram."""
         self.embedding_shapes(modality)
-        return {"frames": PREPROCESSING["frames"], "spectrogram": PREPROCESSING["audio"]}
+        return {"video": TSAMFrames(num_segments=self.num_segments), "audio": TSAMSpectrogram()}
+
+    def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
+        out = self.embed(inputs["video"], inputs["audio"])
+        if self.pretrained:
+            out["logits"] = self.classify_from_embeddings(out["video"], out["audio"])
+        return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def read_tsam_checkpoint(path) -> dict[str, torch.Tensor]:
-    """A TSAM ``.ckpt.pth.tar`` as one flat state dict: ``model_state``'s per-layer state dicts
-    joined as ``nn_backbone.<key>`` and ``last_fc.<key>``; data_state and optimizer dropped.
-
-    extract.checkpoint.read_checkpoint expects one flat state dict (it would find no tensor in
-    ``model_state``), so TSAM's nested layout is read here; a plain state dict file passes through.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: checkpoint file is empty")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # data_state may hold NumPy scalars (sklearn's accuracy), which the safe loader refuses.
-        log.warning("%s holds non-tensor Python objects; loading it with full unpickling "
-                    "(do this only for checkpoints from a source you trust)", path)
-        obj = _load(path, weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
-    layers = obj.get("model_state") if isinstance(obj, dict) else None
-    if isinstance(layers, dict) and layers and all(isinstance(v, dict) for v in layers.values()):
-        obj = {f"{name}.{k}": v for name, sd in layers.items() for k, v in sd.items()}
-    return unwrap_state_dict(obj, path)
-
-
-def _load(path: Path, weights_only: bool):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def checkpoint_filter_fn(state_dict: dict, model: TSAM) -> dict:
-    """Adapt a TSAM state dict (flattened by :func:`read_tsam_checkpoint`) to ``model``.
+    """Adapt a TSAM state dict (its per-layer parts joined by extract.checkpoint) to ``model``.
 
     Removes ``module.`` (a whole-model DataParallel state dict) and the ``nn_backbone.`` layer
     name; ``last_fc`` keeps its name. The classifier is resized to the checkpoint's class count.
@@ -305,20 +276,9 @@ def load_tsam(checkpoint=None, num_segments: int = 16, shift_depth: int = 4, f_d
     def make():
         return TSAM(num_classes=KINETICS_CLASSES, **options, **ARCHS[arch])
 
-    if checkpoint is None:
-        model = build_backbone(make, name, config, None, seed, checkpoint_filter_fn)
-    else:
-        # build_backbone's reader takes flat state dicts only; the same steps, with TSAM's reader.
-        source = str(checkpoint)
-        state_dict = read_tsam_checkpoint(checkpoint)
-        model = make()
-        state_dict = checkpoint_filter_fn(state_dict, model)
-        load_strict(model, state_dict, source, _hint(state_dict, options))
-        log.info("%s loaded from %s", name, source)
-        model.config = dict(config)
-        model.checkpoint = str(Path(checkpoint).resolve())
-        model.seed, model.pretrained = None, True
-        model.fingerprint = "sha256:" + file_sha256(checkpoint)
-        freeze(model)
+    # TSAM's .ckpt.pth.tar nests one state dict per layer under model_state ({"nn_backbone": ...,
+    # "last_fc": ...}); extract.checkpoint.unwrap_state_dict joins them as "<layer>.<key>".
+    model = build_backbone(make, name, config, checkpoint, seed, checkpoint_filter_fn,
+                           hint_fn=lambda sd: _hint(sd, options))
     model.config["num_classes"] = model.num_classes
     return model.to(memory_format=torch.channels_last)   # faster on CPU: see extract.tsm.memory_format

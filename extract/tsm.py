@@ -20,8 +20,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from data.specs import TSMFrames
+
 from .checkpoint import build_backbone, strip_prefixes
-from .registry import register_backbone
+from .registry import Extras, register_backbone
 
 __all__ = ["TSM", "load_tsm", "tsm_options_from_filename"]
 
@@ -209,15 +211,30 @@ class TSM(nn.Module):
         """(B, 3, T, H, W) -> (B, D): the segment average of the features the head sees."""
         return self.embed(frames)["video"]
 
-    def embedding_shapes(self, modality: str = "video") -> dict[str, tuple]:
-        if modality not in ("video", "audiovisual"):
-            raise ValueError(f"TSM encodes video only, not {modality!r}")
-        return {"video": (self.embed_dim,)}
+    # -- what extraction asks of a backbone (see extract/registry.py) --------------------------
 
-    def input_specs(self, modality: str = "video") -> dict[str, dict]:
-        """{embed argument: its preprocessing}, from :data:`PREPROCESSING`."""
+    def embedding_shapes(self, modality: str = "video", extras: Extras = Extras()) -> dict:
+        """``video`` (D,) and, for a checkpoint, its own classifier's ``logits`` (classes,)."""
+        if modality != "video":
+            raise ValueError(f"TSM encodes video only, not {modality!r}")
+        if extras.tokens or extras.layers is not None:
+            raise ValueError("the tsm backbone caches no tokens or layers; extract it without them")
+        shapes = {"video": (self.embed_dim,)}
+        if self.pretrained:
+            shapes["logits"] = {"shape": [self.num_classes], "label_space": "backbone"}
+        return shapes
+
+    def input_specs(self, modality: str = "video", spatial_crops: int = 1) -> dict:
+        """:data:`PREPROCESSING` as data/specs.py's TSMFrames: one centre crop, or three crops."""
         self.embedding_shapes(modality)
-        return {"frames": PREPROCESSING["frames"]}
+        return {"video": TSMFrames(num_segments=self.num_segments, test_crops=spatial_crops)}
+
+    def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
+        features = self.forward_features(inputs["video"])
+        out = {"video": features.mean(dim=1)}
+        if self.pretrained:
+            out["logits"] = self.forward_head(features)
+        return out
 
 
 def checkpoint_filter_fn(state_dict: dict, model: TSM) -> dict:

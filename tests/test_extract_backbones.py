@@ -103,3 +103,34 @@ def test_views_tokens_and_layers_are_cached_per_view(long_clips, tmp_path):
     # Temporal views differ (the window moves), and so do the spatial crops of one view.
     assert np.abs(cache.video[:, 0] - cache.video[:, 3]).max() > 1e-4
     assert np.abs(cache.video[:, 0] - cache.video[:, 1]).max() > 1e-4
+
+
+def test_tsm_cache_equals_its_forward_and_classifier(clips, tmp_path):
+    from extract import load_tsm
+    from tests.tsm_reference import save_tsm_checkpoint, tsm_state
+    save_tsm_checkpoint(tmp_path / "tsm.pth", tsm_state())
+    video = load_tsm(tmp_path / "tsm.pth", num_segments=4, arch="tiny")
+    audio = load_ast(arch="tiny", input_tdim=128)
+    cache = read_split(extract_split(clips, "train", tmp_path / "c", video, audio, workers=0).cache_path)
+    assert cache.preprocessing["video"]["kind"] == "tsm_frames" and cache.embeddings["logits"].shape[1] == 400
+    frames, fbank = _inputs(clips, {**video.input_specs("video"), **audio.input_specs("audio")})
+    assert frames.shape == (6, 3, 4, 224, 224)
+    with torch.no_grad():
+        np.testing.assert_allclose(cache.video, video.embed(frames)["video"].numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(cache.embeddings["logits"], video.classify(frames).numpy(), atol=TOL, rtol=0)
+
+
+def test_tsam_cache_gives_its_classifier_from_the_embeddings(clips, tmp_path):
+    from extract import load_tsam
+    from tests.tsm_reference import save_tsam_checkpoint, tsam_model_state
+    save_tsam_checkpoint(tmp_path / "tsam.ckpt.pth.tar", tsam_model_state())
+    model = load_tsam(tmp_path / "tsam.ckpt.pth.tar", num_segments=4, shift_depth=1, arch="tiny")
+    cache = read_split(extract_split(clips, "train", tmp_path / "c", backbone=model, workers=0).cache_path)
+    assert cache.preprocessing["audio"]["kind"] == "tsam_spectrogram"
+    frames, spectrogram = _inputs(clips, model.input_specs("audiovisual"))
+    assert frames.shape == (6, 3, 4, 224, 224) and spectrogram.shape == (6, 3, 224, 224)
+    with torch.no_grad():
+        logits = model.classify(frames, spectrogram)
+        from_cache = model.classify_from_embeddings(torch.from_numpy(cache.video), torch.from_numpy(cache.audio))
+    np.testing.assert_allclose(cache.embeddings["logits"], logits.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(from_cache.numpy(), logits.numpy(), atol=TOL, rtol=0)

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from extract import CheckpointError, create_backbone, load_tsam, read_tsam_checkpoint, tsam_options_from_config
+from extract import CheckpointError, create_backbone, load_tsam, tsam_options_from_config
+from extract.checkpoint import read_checkpoint
 from extract.tsam import PREPROCESSING
 from extract.tsm import temporal_shift
 from tests.tsm_reference import (naive_tsam_shift, save_tsam_checkpoint, save_tsm_checkpoint, tsam_model_state,
@@ -106,12 +107,13 @@ def test_audio_embedding_does_not_depend_on_the_video(tmp_path):
     assert (a["video"] - b["video"]).abs().max() > 1e-3
 
 
-def test_numpy_scores_in_data_state_load_with_a_warning(tmp_path, caplog):
+def test_numpy_scores_in_data_state_load_safely(tmp_path, caplog):
+    # NumPy scores beside the weights are on the allow-list: no full unpickling is needed.
     state = tsam_model_state(seed=6)
     save_tsam_checkpoint(tmp_path / "balanced.ckpt.pth.tar", state, numpy_scores=True)
     model = load_tsam(tmp_path / "balanced.ckpt.pth.tar", num_segments=2, shift_depth=1, arch="tiny")
-    assert "full unpickling" in caplog.text
-    flat = read_tsam_checkpoint(tmp_path / "balanced.ckpt.pth.tar")
+    assert "full unpickling" not in caplog.text
+    flat = read_checkpoint(tmp_path / "balanced.ckpt.pth.tar")
     assert "nn_backbone.base_model.layer1.0.conv1.layer.weight" in flat and "last_fc.bias" in flat
     assert model.config["num_classes"] == 400 and model.pretrained
 
@@ -146,8 +148,8 @@ def test_tsm_and_tsam_files_swapped(tmp_path):
         load_tsam(tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth", arch="tiny")
     from extract import load_tsm
     save_tsam_checkpoint(tmp_path / "tsam.ckpt.pth.tar", tsam_model_state())
-    with pytest.raises(CheckpointError,
-                       match=r"tsam\.ckpt\.pth\.tar: holds no tensors \(keys: nn_input, nn_backbone, last_fc\)"):
+    with pytest.raises(CheckpointError, match=r"tsam\.ckpt\.pth\.tar does not fit TSM.*missing keys.*"
+                                              r"unexpected keys.*looks like a TSAM checkpoint: use load_tsam"):
         load_tsm(tmp_path / "tsam.ckpt.pth.tar", arch="tiny")
     (tmp_path / "empty.tar").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty.tar: checkpoint file is empty"):

@@ -137,7 +137,9 @@ def test_filename_options_and_registry(tiny_ckpt):
     with pytest.raises(ValueError, match="not an RGB ResNet-50 blockres TSM checkpoint name"):
         tsm_options_from_filename("TSM_kinetics_Flow_resnet50_shift8_blockres_avg_segment8_e50.pth")
     model = create_backbone("tsm", tiny_ckpt[0], num_segments=4, arch="tiny")
-    assert model.embedding_shapes("video") == {"video": (512,)}
+    # A checkpoint's own classifier is cached beside the embedding, in its label space.
+    assert model.embedding_shapes("video") == {"video": (512,),
+                                               "logits": {"shape": [400], "label_space": "backbone"}}
     assert model.embed(_frames(1, 4, 64))["video"].shape == (1, 512)
     with pytest.raises(ValueError, match="TSM encodes video only"):
         model.embedding_shapes("audio")

@@ -111,7 +111,7 @@ def tsam_model_state(width=16, layers=(2, 2, 2, 2), num_classes=400, n_insert=2,
 
 def save_tsam_checkpoint(path, model_state: dict, numpy_scores: bool = False) -> None:
     """save_timepoint: {'data_state', 'model_state', 'optimizer_state_dict'}; sklearn scores may be
-    NumPy floats (``numpy_scores``), which only full unpickling reads."""
+    NumPy floats (``numpy_scores``), which the checkpoint allow-list admits."""
     score = np.float64(0.78) if numpy_scores else 0.78
     torch.save({"data_state": {"epoch": 50, "best_score unbalanced": score},
                 "model_state": model_state,
