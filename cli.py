@@ -69,7 +69,7 @@ def main(verbose):
 @main.command()
 @config_option
 @options("manifest", "video_root", "cache_dir", "splits", "video_backbone", "audio_backbone", "backbone",
-         "video_checkpoint", "audio_checkpoint", "checkpoint", "trust_checkpoint", "arch", "seed", "spatial_crops",
+         "video_checkpoint", "audio_checkpoint", "checkpoint", "backbone_config", "trust_checkpoint", "arch", "seed", "spatial_crops",
          "temporal_views", "sampling",
          "tokens", "layers", "batch_size", "workers", "precision", "limit", "shard", "device")
 @click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="[NAME.]KEY=VALUE",
@@ -287,7 +287,7 @@ def run() -> None:
             from data.atomic import describe_os_error
             message = f"{exc.filename}: {describe_os_error(exc)}"
         click.echo(f"Error: {message}{_hint(exc)}", err=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, SettingError) else 1)   # 2: a usage mistake, as click's own
 
 
 if __name__ == "__main__":

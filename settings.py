@@ -172,6 +172,8 @@ SETTINGS = {
     "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights."),
     "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights."),
     "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
+    "backbone_config": Setting("path", None, "The backbone family's own config file, mapped onto its options "
+                                             "(TSAM's JSON config: its model and shift_temporal sections)."),
     "trust_checkpoint": Setting("bool", False, "Fully unpickle checkpoints that hold Python objects (they can run code: only files you trust)."),
     "arch": Setting("str", "base", "Backbone size; tiny is for tests and CPU demos.", ("base", "tiny")),
     "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse)."),

@@ -56,6 +56,18 @@ def _config_opts(table: dict, selected: list[str]) -> dict[str, dict]:
     return out
 
 
+def _family_config(path, selected: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {name: {} for name in selected}
+    if path:
+        readers = [n for n in selected if get_backbone(n).config_reader is not None]
+        if not readers:
+            raise ValueError(f"backbone config {path}: none of {', '.join(selected)} reads a config file of its "
+                             f"own (tsam does)")
+        for name in readers:
+            out[name] = get_backbone(name).config_reader(path)
+    return out
+
+
 def backbones_from_settings(s, flags: dict) -> Roles:
     """The backbones the settings ask for: --backbone, or --video-backbone and --audio-backbone."""
     av = s.get("backbone", flags.get("backbone"), None)
@@ -70,16 +82,21 @@ def backbones_from_settings(s, flags: dict) -> Roles:
     for role, (name, _) in wanted.items():
         if not get_backbone(name).can_encode(role):
             raise ValueError(f"backbone {name} does not encode {role} (it is {get_backbone(name).modality})")
-    configured = _config_opts(s.backbone_options, selected)
-    given = parse_backbone_opts(flags.get("backbone_opts") or (), selected)
-    common = {"arch": s.get("arch", flags.get("arch")), "seed": s.get("seed", flags.get("seed"))}
+    # Later layers win: the config file's arch and seed, the family's own config file (TSAM's
+    # JSON), the [backbones] table, then the command line's --arch, --seed and --backbone-opt.
+    layers = [{name: {"arch": s.get("arch"), "seed": s.get("seed")} for name in selected},
+              _family_config(s.get("backbone_config", flags.get("backbone_config"), None), selected),
+              _config_opts(s.backbone_options, selected),
+              {name: {k: flags[k] for k in ("arch", "seed") if flags.get(k) is not None} for name in selected},
+              parse_backbone_opts(flags.get("backbone_opts") or (), selected)]
     trust = s.get("trust_checkpoint", flags.get("trust_checkpoint"))
     models = {}
     with trusted_checkpoints(trust):
         for role, (name, checkpoint) in wanted.items():
-            options = {k: v for k, v in common.items() if k in get_backbone(name).options}
-            options.update(configured[name])
-            options.update(given[name])
+            known = get_backbone(name).options
+            options = {}
+            for i, layer in enumerate(layers):
+                options.update({k: v for k, v in layer[name].items() if k in known or i >= 2})
             models[role] = create_backbone(name, checkpoint, **options)
     return Roles(models)
 

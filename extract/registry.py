@@ -68,6 +68,7 @@ class BackboneEntry:
     build: Callable               # build(checkpoint=None, **options) -> frozen module
     options: dict = field(default_factory=dict)   # every option build takes, with its default
     help: str = ""
+    config_reader: Callable | None = None   # a family's own config file (TSAM's JSON) -> options
 
     def can_encode(self, modality: str) -> bool:
         return self.modality == modality or self.modality == "audiovisual"
@@ -76,7 +77,7 @@ class BackboneEntry:
 _REGISTRY: dict[str, BackboneEntry] = {}
 
 
-def register_backbone(name: str, *, modality: str, help: str = ""):
+def register_backbone(name: str, *, modality: str, help: str = "", config_reader: Callable | None = None):
     """Decorator: register ``build`` under ``name``. Its keyword defaults are the options.
 
     The decorated function stays callable as before (``load_timesformer(...)``); every module
@@ -103,7 +104,7 @@ def register_backbone(name: str, *, modality: str, help: str = ""):
             return model
 
         doc = help or (inspect.getdoc(build) or "").split("\n")[0]
-        _REGISTRY[name] = BackboneEntry(name, modality, built, options, doc)
+        _REGISTRY[name] = BackboneEntry(name, modality, built, options, doc, config_reader)
         return built
 
     return decorator

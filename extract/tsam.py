@@ -250,7 +250,7 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> int:
     return value
 
 
-@register_backbone("tsam", modality="audiovisual",
+@register_backbone("tsam", modality="audiovisual", config_reader=tsam_options_from_config,
                    help="TSAM ResNet-50 (aav-antonov/TSAM): video segment mean and audio segment features, 2048-d each")
 def load_tsam(checkpoint=None, num_segments: int = 16, shift_depth: int = 4, f_div: int = 4,
               n_insert: int = 2, m_insert: int = 0, arch: str = "base", seed: int = 0) -> TSAM:
