@@ -42,7 +42,9 @@ from matplotlib.figure import Figure
 from cache import FeatureSplit, check_compatible
 
 from .metrics import score
-from .run import _atomic, prepare_out_dir
+from data.atomic import atomic_write
+
+from .run import check_out_dir, prepare_out_dir
 from .stats import mean_interval, paired_bootstrap
 from .stacked import stack_key, train_heads_stacked
 from .train import TrainConfig, TrainResult, predict_logits, single_thread, train_head
@@ -56,6 +58,9 @@ SUMMARY_JSON = "summary.json"
 PREDICTIONS_FILE = "predictions.npz"
 ALPHA_CURVE_FILE = "alpha_curve.png"
 BARS_FILE = "preset_bars.png"
+GRID_MARKERS = (RESULTS_FILE, SUMMARY_JSON)
+# Every file a grid writes, the finished-grid marker first: an overwrite removes them all.
+GRID_FILES = (SUMMARY_JSON, RESULTS_FILE, SUMMARY_CSV, PREDICTIONS_FILE, ALPHA_CURVE_FILE, BARS_FILE)
 
 RESULT_COLUMNS = ("modalities", "target", "transform", "alpha", "seed", "val_top1", "test_top1", "test_top5",
                   "test_map", "test_loss", "best_epoch", "learned_alpha", "val_loss", "train_seconds",
@@ -334,7 +339,8 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     _check_splits(train, val, test)
     jobs = _resolve_jobs(jobs, len(configs))
     chosen = choose_method(configs, train) if method == "auto" else method
-    out = _prepare_out_dir(out_dir, overwrite) if out_dir is not None else None
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")
     log.info("grid: %d trainings (%d configurations), method %s, %d job(s)", len(configs),
              len({config_key(c) for c in configs}), chosen, jobs)
 
@@ -348,7 +354,8 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     summary = summarize(rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     result = GridResult(rows, summary, best_alphas(summary), predicted, test.labels.copy(), list(test.clip_ids),
                         chosen, jobs, seconds)
-    if out is not None:
+    if out_dir is not None:
+        out = prepare_out_dir(out_dir, overwrite, GRID_MARKERS, "grid", known=GRID_FILES)
         result.files = write_grid(out, result, resamples)
     log.info("grid done in %.1f s", seconds)
     return result
@@ -484,14 +491,6 @@ def _check_splits(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSp
     check_compatible(train, *(s for s in (val, test) if s is not None))
 
 
-def _prepare_out_dir(out_dir, overwrite: bool) -> Path:
-    out = prepare_out_dir(out_dir, overwrite, (RESULTS_FILE, SUMMARY_JSON), "grid")
-    # The finished-grid marker goes first; then whatever an overwritten grid drew that this one may not.
-    for name in (SUMMARY_JSON, ALPHA_CURVE_FILE, BARS_FILE):
-        (out / name).unlink(missing_ok=True)
-    return out
-
-
 # ----------------------------------------------------------------------------- rows and summary
 
 def _labels(cfg: TrainConfig) -> dict:
@@ -621,16 +620,16 @@ def write_grid(out: Path, result: GridResult, resamples: int) -> dict[str, Path]
     _write_csv(files["results"], result.rows, RESULT_COLUMNS)
     summary_columns = [k for k in result.summary[0] if not k.startswith("_")]
     _write_csv(files["summary_csv"], result.summary, summary_columns)
-    with _atomic(files["predictions"]) as f:
+    with atomic_write(files["predictions"]) as f:
         np.savez_compressed(f, predicted=result.predicted, labels=result.test_labels,
                             clip_ids=np.array(result.test_clip_ids))
     if has_alpha_curve(result.summary):
         files["alpha_curve"] = out / ALPHA_CURVE_FILE
-        with _atomic(files["alpha_curve"]) as f:
+        with atomic_write(files["alpha_curve"]) as f:
             alpha_curve_plot(result.summary, f, len(result.test_labels))
     else:
         files["bars"] = out / BARS_FILE
-        with _atomic(files["bars"]) as f:
+        with atomic_write(files["bars"]) as f:
             bars_plot(result.summary, result.rows, f, len(result.test_labels))
     files["summary_json"] = out / SUMMARY_JSON
     payload = {
@@ -640,7 +639,7 @@ def write_grid(out: Path, result: GridResult, resamples: int) -> dict[str, Path]
         "jobs": result.jobs, "seconds": round(result.seconds, 3), "confidence": CONFIDENCE, "resamples": resamples,
         "intervals": INTERVALS_NOTE,
     }
-    with _atomic(files["summary_json"], "w") as f:
+    with atomic_write(files["summary_json"], "w") as f:
         json.dump(_json_safe(payload), f, indent=2)
     return files
 
@@ -654,7 +653,7 @@ INTERVALS_NOTE = (
 
 
 def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    with _atomic(path, "w") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:

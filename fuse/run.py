@@ -9,23 +9,23 @@ Run directory::
     learning_curves.png
     confusion_matrix.png  best model on test (or val when there is no test split)
 
-Every file is written to a temporary name and renamed into place, so an interrupted run never
-leaves a truncated head.pt; metrics.json is written last and marks a finished run.
+Every file is written through data.atomic.atomic_write (a temporary name renamed into place), so
+an interrupted run never leaves a truncated head.pt; metrics.json is written last and marks a
+finished run. ``overwrite`` removes every file of the previous run before the new one is written.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import os
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cache import CacheError, FeatureSplit, check_compatible, read_split
+from data.atomic import TMP_SUFFIX, atomic_write
 
 from . import plots
 from .head import AlphaFuseHead
@@ -41,6 +41,8 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1")
+# Every file a run writes, the finished-run marker first: an overwrite removes them all.
+RUN_FILES = (METRICS_FILE, HEAD_FILE, HISTORY_FILE, CURVES_FILE, CONFUSION_FILE)
 
 
 def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test")) -> dict[str, FeatureSplit]:
@@ -53,14 +55,17 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
     """Train a head on ``train`` (best epoch chosen on ``val``), score val and test, write ``out_dir``.
 
     Returns the metrics written to metrics.json. Splits from different backbones, preprocessing
-    or label vocabularies are refused (CacheError) before any training.
+    or label vocabularies are refused (CacheError) before any training, and an existing run in
+    ``out_dir`` unless ``overwrite``. The directory is created only once training succeeded; an
+    overwritten run's files are all removed then, so none of them outlives the new run.
     """
     cfg = cfg if cfg is not None else TrainConfig()
     held_out = {name: split for name, split in (("val", val), ("test", test)) if split is not None}
     check_compatible(train, *held_out.values())
-    out_dir = prepare_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)
 
     result = train_head(train, val, cfg)
+    out_dir = prepare_out_dir(out_dir, overwrite, known=RUN_FILES)
     scores, predicted = _score_best_and_last(result, held_out)
     seen = _classes_present(train)
     metrics = {
@@ -118,7 +123,7 @@ def write_predictions(path, split: FeatureSplit, probs: np.ndarray) -> None:
     """clip_id, label, predicted, then one probability column per class name (atomically)."""
     names = split.label_names
     predicted = probs.argmax(axis=1)
-    with _atomic(Path(path), "w") as f:
+    with atomic_write(Path(path), "w") as f:
         writer = csv.writer(f)
         writer.writerow(["clip_id", "label", "predicted", *names])
         for clip_id, label, guess, row in zip(split.clip_ids, split.labels, predicted, probs):
@@ -143,20 +148,18 @@ def _score_best_and_last(result, held_out: dict[str, FeatureSplit]) -> tuple[dic
 
 def _write_run(out_dir: Path, result, metrics: dict, held_out: dict, predicted: dict,
                train, val, test, seen: set[str]) -> None:
-    # metrics.json marks a finished run: drop an overwritten run's marker before anything else.
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     _write_head(out_dir / HEAD_FILE, result, train, val, test, seen)
     _write_history(out_dir / HISTORY_FILE, result.history)
-    with _atomic(out_dir / CURVES_FILE) as f:
+    with atomic_write(out_dir / CURVES_FILE) as f:
         plots.learning_curves(result.history, result.best_epoch if val is not None else None, f)
     shown = "test" if "test" in held_out else "val" if "val" in held_out else None
     if shown is None:
         log.info("no val or test split: %s not drawn", CONFUSION_FILE)
     else:
-        with _atomic(out_dir / CONFUSION_FILE) as f:
+        with atomic_write(out_dir / CONFUSION_FILE) as f:
             plots.confusion_matrix_plot(held_out[shown].labels, predicted[shown], train.label_names, f,
                                         title=f"{shown}, epoch {result.best_epoch}")
-    with _atomic(out_dir / METRICS_FILE, "w") as f:
+    with atomic_write(out_dir / METRICS_FILE, "w") as f:
         json.dump(metrics, f, indent=2)
 
 
@@ -198,14 +201,30 @@ def _unseen(split: FeatureSplit, seen: set[str]) -> list[str]:
     return unseen
 
 
-def prepare_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run") -> Path:
-    """Create ``out_dir``, refusing one that already holds a ``what`` (any of ``markers``) unless ``overwrite``."""
+def check_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run") -> Path:
+    """Refuse an ``out_dir`` that already holds a ``what`` (any of ``markers``) unless ``overwrite``.
+
+    Creates nothing: called before training, so that bad input never leaves an empty directory.
+    """
     out_dir = Path(out_dir)
     existing = [name for name in markers if (out_dir / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a {what} ({', '.join(existing)}); choose another "
                               f"output directory, remove it, or pass overwrite=True")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a directory; choose another output directory")
+    return out_dir
+
+
+def prepare_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run",
+                    known=()) -> Path:
+    """Check ``out_dir`` again (see :func:`check_out_dir`), create it, and remove the ``known`` files
+    a previous run or grid left there (and their temporaries), in order: the finished marker first."""
+    out_dir = check_out_dir(out_dir, overwrite, markers, what)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in known:
+        (out_dir / name).unlink(missing_ok=True)
+        (out_dir / (name + TMP_SUFFIX)).unlink(missing_ok=True)
     return out_dir
 
 
@@ -225,7 +244,7 @@ def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
         "cache_paths": {name: str(s.path) if s is not None and s.path is not None else None
                         for name, s in (("train", train), ("val", val), ("test", test))},
     }
-    with _atomic(path) as f:
+    with atomic_write(path) as f:
         torch.save(payload, f)
 
 
@@ -234,22 +253,7 @@ def _to_cpu(state: dict) -> dict:
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    with _atomic(path, "w") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(history)
-
-
-@contextmanager
-def _atomic(path: Path, mode: str = "wb"):
-    """Yield a file open on ``path.tmp``; on success fsync and rename it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
