@@ -222,7 +222,7 @@ def test_without_val_the_last_epoch_is_reported(splits):
     result = train_head(train, None, TrainConfig(**{**FAST, "epochs": 2}))
     assert result.best_epoch == 2
     assert state_equal(result.best_state_dict, result.last_state_dict)
-    assert [set(row) for row in result.history] == [{"epoch", "train_loss", "train_top1"}] * 2
+    assert [set(row) for row in result.history] == [{"epoch", "train_loss", "train_top1", "train_top5"}] * 2
 
 
 def test_train_config_validates_and_normalises():
@@ -336,7 +336,7 @@ def test_run_dir_contents(run_dir):
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == FAST["epochs"]
-    assert list(rows[0]) == ["epoch", "train_loss", "train_top1", "val_loss", "val_top1"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5"]
     assert [int(r["epoch"]) for r in rows] == list(range(1, FAST["epochs"] + 1))
     for png in ("learning_curves.png", "confusion_matrix.png"):
         with Image.open(out / png) as image:

@@ -22,8 +22,8 @@ from fuse.grid import (RESULT_COLUMNS, config_key, configs_from_options, describ
 from fuse.stats import mean_interval, paired_bootstrap
 from tests.test_fuse import BACKBONES, FAST, make_split
 
-REQUIRED_COLUMNS = ["modalities", "target", "transform", "alpha", "seed", "val_top1", "test_top1", "test_top5",
-                    "test_map", "test_loss", "best_epoch"]
+REQUIRED_COLUMNS = ["head", "modalities", "target", "transform", "alpha", "seed", "val_top1", "test_top1", "test_top5",
+                    "test_map", "test_loss", "test_top1_no_video", "test_top1_no_audio", "best_epoch"]
 SMALL = TrainConfig(**{**FAST, "epochs": 6})
 
 
