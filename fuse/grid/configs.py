@@ -174,8 +174,12 @@ def _check_alphas(transform: str, values: Sequence[float]) -> None:
 
 
 def _expand(kinds, seeds, base: TrainConfig | None) -> list[TrainConfig]:
+    # Transforms are the concat head's: a base configured for another head lends its training
+    # settings only.
     base = base if base is not None else TrainConfig()
-    return [replace(base, modalities=modalities, transform=transform, target=target, alpha=alpha, seed=seed)
+    options = dict(base.head_options) if base.head == DEFAULT_HEAD else {}
+    return [replace(base, head=DEFAULT_HEAD, head_options=options, modalities=modalities, transform=transform,
+                    target=target, alpha=alpha, seed=seed)
             for modalities, transform, target, alpha in kinds for seed in seed_list(seeds)]
 
 

@@ -33,7 +33,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from . import register_head
@@ -47,6 +46,8 @@ class BottleneckHead(Head):
     def __init__(self, shapes: dict, num_classes: int, dim: int = 256, layers: int = 4, bottlenecks: int = 4,
                  num_heads: int = 4, mlp_ratio: float = 4.0, block_dropout: float = 0.1,
                  modality_dropout: float = 0.0):
+        from timm.models.vision_transformer import Block   # here: importing timm takes seconds
+
         super().__init__(modality_dropout)
         options = self.check_options(dict(dim=dim, layers=layers, bottlenecks=bottlenecks, num_heads=num_heads,
                                           mlp_ratio=mlp_ratio, block_dropout=block_dropout))
