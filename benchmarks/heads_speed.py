@@ -68,15 +68,18 @@ def _around(pooled: np.ndarray, count: int, rng, chunk: int = 512) -> np.ndarray
     return out
 
 
-def recipe(repeats: int) -> dict:
+def recipe(repeats: int, bottleneck_repeats: int, heads: list[str]) -> dict:
     """(a): seconds per 25-epoch train_head run of every head, median of ``repeats``."""
     train, val = synthetic_split("train", 100, 10, 1), synthetic_split("val", 20, 10, 2)
     out = {}
     runs = {**{name: (name, {}) for name in head_names()}, **EXTRA}
     for label, (name, options) in runs.items():
+        if name not in heads:
+            continue
         cfg = TrainConfig(head=name, head_options=options)
         train_head(train, val, TrainConfig(head=name, head_options=options, epochs=1))   # warm-up
-        seconds = [train_head(train, val, cfg).seconds for _ in range(repeats)]
+        count = bottleneck_repeats if label == "bottleneck" else repeats
+        seconds = [train_head(train, val, cfg).seconds for _ in range(count)]
         out[label] = {"train_s": round(statistics.median(seconds), 2), "runs_s": [round(s, 2) for s in seconds],
                      "under_5_s": statistics.median(seconds) < 5.0}
     return out
@@ -141,6 +144,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the 2-core target)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bottleneck-repeats", type=int, help="runs of the default bottleneck head in (a) "
+                                                              "(default: --repeats; each is minutes on 2 cores)")
+    parser.add_argument("--heads", default=",".join(head_names()), help="heads timed in (a)")
     parser.add_argument("--clips", type=int, default=20_000, help="clips of the token cache in (b)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
@@ -150,7 +156,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {"device": f"cpu ({len(os.sched_getaffinity(0))} cores)", "threads": torch.get_num_threads(),
               "torch": torch.__version__, "load_average_before": round(os.getloadavg()[0], 2),
-              "a_recipe_100_clips": recipe(args.repeats)}
+              "a_recipe_100_clips": recipe(args.repeats, args.bottleneck_repeats or args.repeats,
+                                           [h.strip() for h in args.heads.split(",")])}
     if not args.skip_throughput:
         with tempfile.TemporaryDirectory() as tmp:
             result["b_bottleneck_throughput"] = bottleneck_throughput(args.clips, args.batch, args.steps, args.lazy,

@@ -44,14 +44,15 @@ def where(split: FeatureSplit) -> str:
     return str(split.path) if split.path is not None else f"split {split.split!r}"
 
 
-def require_embeddings(split: FeatureSplit, names, head: str) -> None:
+def require_embeddings(split: FeatureSplit, names, head: str | None = None) -> None:
     """Refuse a split lacking an embedding the head reads, naming the extraction flag that adds it."""
     missing = [n for n in names if n not in split.embeddings]
     if missing:
         flags = sorted({f for f in map(extraction_flag, missing) if f})
         fix = (f"extract with {' and '.join(flags)} to add {', '.join(missing)}" if flags
                else "use a cache that has it")
-        raise CacheError(f"{where(split)} has no {', '.join(missing)} embedding, which the {head} head reads "
+        reader = f"the {head} head" if head else "this head"
+        raise CacheError(f"{where(split)} has no {', '.join(missing)} embedding, which {reader} reads "
                          f"(it has: {', '.join(split.embeddings) or 'none'}); {fix}")
 
 
@@ -80,7 +81,7 @@ class HeadInputs:
     """
 
     def __init__(self, split: FeatureSplit, names, device="cpu", *, pool_views: bool = True, zeroed=(),
-                 head: str = "this"):
+                 head: str | None = None):
         require_embeddings(split, names, head)
         self.device = torch.device(device)
         self.names = tuple(names)
@@ -114,6 +115,10 @@ class HeadInputs:
 
     def __len__(self) -> int:
         return len(next(iter(self.sources.values())))
+
+    def clip_floats(self) -> int:
+        """Input floats per clip, all views included."""
+        return sum(int(np.prod(shape)) * self.views.get(name, 1) for name, shape in self.shapes.items())
 
     def without(self, modality: str) -> "HeadInputs":
         """The same inputs with every embedding of ``modality`` served as zeros."""

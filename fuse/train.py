@@ -26,6 +26,8 @@ from .inputs import HeadInputs, head_logits
 
 log = logging.getLogger(__name__)
 
+_EVAL_FLOATS = 1 << 24   # input floats per evaluation chunk
+
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "make_optimizer", "predict_logits", "select_best_epoch",
            "single_thread", "train_epoch", "train_head"]
 
@@ -147,6 +149,8 @@ def predict_logits(model: Head, data, audio: torch.Tensor | None = None, chunk: 
     """
     if not isinstance(data, HeadInputs):
         data = HeadInputs.from_tensors({"video": data, "audio": audio})
+    # Token inputs are ~100x a pooled embedding: fewer clips per chunk (pooled ones keep 8192).
+    chunk = max(1, min(chunk, _EVAL_FLOATS // data.clip_floats()))
     model.eval()
     with single_thread(data.device.type == "cpu"):
         return torch.cat([head_logits(model, data, torch.arange(i, min(i + chunk, len(data)), device=data.device))
