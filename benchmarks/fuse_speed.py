@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache import FeatureSplit, write_split  # noqa: E402
-from fuse import AlphaFuseHead, TrainConfig, fuse_run, load_splits, train_epoch, train_head  # noqa: E402
+from fuse import AlphaFuseHead, HeadInputs, TrainConfig, fuse_run, load_splits, train_epoch, train_head  # noqa: E402
 
 EMBED = 768
 HIDDEN = (1024, 512)
@@ -78,15 +78,16 @@ def large_throughput(repeats: int, device: str, n: int = 180_000, num_classes: i
     video = torch.randn(n, EMBED, generator=gen).to(dev)
     audio = torch.randn(n, EMBED, generator=gen).to(dev)
     labels = torch.randint(0, num_classes, (n,), generator=gen).to(dev)
+    data = HeadInputs.from_tensors({"video": video, "audio": audio}, labels)
     torch.manual_seed(0)
     model = AlphaFuseHead(EMBED, EMBED, num_classes, hidden=HIDDEN).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=dev.type in ("cpu", "cuda"))
-    train_epoch(model, optimizer, video, audio, labels, batch, gen, max_steps=3)  # warm-up
+    train_epoch(model, optimizer, data, batch, gen, max_steps=3)  # warm-up
     rates = []
     for _ in range(repeats):
         _sync(dev)
         started = time.perf_counter()
-        train_epoch(model, optimizer, video, audio, labels, batch, gen, max_steps=steps)  # .item() syncs
+        train_epoch(model, optimizer, data, batch, gen, max_steps=steps)  # .item() syncs
         rates.append(steps * batch / (time.perf_counter() - started))
     samples_per_s = statistics.median(rates)
     flops = head_flops_per_sample(2 * EMBED, num_classes)

@@ -40,6 +40,7 @@ from cache import FeatureSplit, write_split  # noqa: E402
 from fuse import TrainConfig, load_splits, train_head  # noqa: E402
 from fuse.grid import head_parameters, paper_preset, run_grid, sweep  # noqa: E402
 from fuse.metrics import score  # noqa: E402
+from fuse.inputs import HeadInputs  # noqa: E402
 from fuse.train import predict_logits, train_epoch  # noqa: E402
 
 HIDDEN = (1024, 512)
@@ -143,13 +144,13 @@ def paper_recipe_estimate(splits: dict, steps: int = 200) -> dict:
     torch.set_num_threads(1)
     cfg = TrainConfig()
     gen = torch.Generator().manual_seed(0)
-    video, audio, labels = (torch.from_numpy(a) for a in (train.video, train.audio, train.labels))
+    data = HeadInputs(train, ("video", "audio"))
     from fuse import AlphaFuseHead
-    model = AlphaFuseHead(video.shape[1], audio.shape[1], train.num_classes)
+    model = AlphaFuseHead(train.video.shape[1], train.audio.shape[1], train.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-    train_epoch(model, optimizer, video, audio, labels, 8, gen, max_steps=10)
+    train_epoch(model, optimizer, data, 8, gen, max_steps=10)
     started = time.perf_counter()
-    train_epoch(model, optimizer, video, audio, labels, 8, gen, max_steps=steps)
+    train_epoch(model, optimizer, data, 8, gen, max_steps=steps)
     step_s = (time.perf_counter() - started) / steps
     torch.set_num_threads(previous)
     cores = len(os.sched_getaffinity(0))

@@ -2,45 +2,54 @@
 
 Run directory::
 
-    head.pt               best and last weights, head config, TrainConfig, label names, the
-                          caches' backbones/preprocessing/paths, the classes seen in training
-    metrics.json          {"val", "test", "last": {"val", "test"}, "best_epoch", "config", ...}
-    history.csv           epoch, train_loss, train_top1, val_loss, val_top1
+    head.pt               best and last weights, head config (its name, input shapes, options),
+                          TrainConfig, label names, the caches' backbones/preprocessing/paths,
+                          the embeddings read with their shapes and views info, the classes
+                          seen in training
+    metrics.json          {"val", "test", "last": {"val", "test"}, "best_epoch", "epochs_run",
+                          "learnable", "missing_modality", "trained", "config", ...}
+    history.csv           epoch, train_loss, train_top1, train_top5, val_loss, val_top1, val_top5
     learning_curves.png
     confusion_matrix.png  best model on test (or val when there is no test split)
 
-Every file is written to a temporary name and renamed into place, so an interrupted run never
-leaves a truncated head.pt; metrics.json is written last and marks a finished run.
+Every file is written through data.atomic.atomic_write (a temporary name renamed into place), so
+an interrupted run never leaves a truncated head.pt; metrics.json is written last and marks a
+finished run. ``overwrite`` removes every file of the previous run before the new one is written.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import os
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cache import CacheError, FeatureSplit, check_compatible, read_split
+from data.atomic import TMP_SUFFIX, atomic_write
 
 from . import plots
-from .head import AlphaFuseHead
+from .config import TrainConfig
+from .evaluation import learnable, missing_modality_top1, split_logits
+from .heads import Head, head_from_config
+from .inputs import require_embeddings
 from .metrics import score
-from .train import TrainConfig, predict_logits, train_head
+from .train import train_head
 
 log = logging.getLogger(__name__)
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
+READABLE_FORMATS = (1, 2)   # 1: concat heads only, before heads had names
 HEAD_FILE = "head.pt"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5")
+# Every file a run writes, the finished-run marker first: an overwrite removes them all.
+RUN_FILES = (METRICS_FILE, HEAD_FILE, HISTORY_FILE, CURVES_FILE, CONFUSION_FILE)
 
 
 def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test")) -> dict[str, FeatureSplit]:
@@ -53,22 +62,33 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
     """Train a head on ``train`` (best epoch chosen on ``val``), score val and test, write ``out_dir``.
 
     Returns the metrics written to metrics.json. Splits from different backbones, preprocessing
-    or label vocabularies are refused (CacheError) before any training.
+    or label vocabularies, or lacking an embedding the head reads, are refused (CacheError)
+    before any training, and so is an existing run in ``out_dir`` unless ``overwrite``. The
+    directory is created only once training succeeded; an overwritten run's files are all
+    removed then, so none of them outlives the new run.
     """
     cfg = cfg if cfg is not None else TrainConfig()
     held_out = {name: split for name, split in (("val", val), ("test", test)) if split is not None}
     check_compatible(train, *held_out.values())
-    out_dir = prepare_out_dir(out_dir, overwrite)
+    for split in (train, *held_out.values()):
+        require_embeddings(split, cfg.needs(), cfg.head)
+    check_out_dir(out_dir, overwrite)
 
     result = train_head(train, val, cfg)
+    out_dir = prepare_out_dir(out_dir, overwrite, known=RUN_FILES)
     scores, predicted = _score_best_and_last(result, held_out)
     seen = _classes_present(train)
+    shown = "test" if "test" in held_out else "val" if "val" in held_out else None
     metrics = {
         **scores["best"],
         "last": scores["last"],
         "best_epoch": result.best_epoch,
         "epochs": cfg.epochs,
+        "epochs_run": len(result.history),
         "unseen_in_train": {name: _unseen(split, seen) for name, split in held_out.items()},
+        "learnable": {name: learnable(train, split) for name, split in held_out.items()},
+        "missing_modality": {shown: missing_modality_top1(result.model, held_out[shown])} if shown else {},
+        "trained": result.model.trained_values(),
         "config": cfg.to_dict(),
         "head": result.model.config,
         "num_clips": {"train": len(train), **{name: len(split) for name, split in held_out.items()}},
@@ -80,7 +100,7 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
     return metrics
 
 
-def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[AlphaFuseHead, dict]:
+def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, dict]:
     """The head saved in ``run_dir`` (``which``: best or last epoch) in eval mode, and its metadata."""
     path = Path(run_dir) / HEAD_FILE
     if not path.is_file():
@@ -88,11 +108,14 @@ def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[AlphaFu
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     saved = torch.load(path, map_location=device, weights_only=True)
-    if saved.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path} has run format {saved.get('format')!r}; this alphafuse reads {RUN_FORMAT}")
-    model = AlphaFuseHead.from_config(saved["head_config"])
+    if saved.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{path} has run format {saved.get('format')!r}; this alphafuse reads "
+                         f"{', '.join(map(str, READABLE_FORMATS))}")
+    model = head_from_config(saved["head_config"])
     model.load_state_dict(saved["state_dict" if which == "best" else "last_state_dict"])
     meta = {key: value for key, value in saved.items() if not key.endswith("state_dict")}
+    meta.setdefault("embedding_shapes", {n: list(s) for n, s in model.shapes.items()})
+    meta.setdefault("embedding_info", {})
     meta["run_dir"] = str(run_dir)
     return model.to(device).eval(), meta
 
@@ -102,11 +125,12 @@ def evaluate_run(run_dir, split: FeatureSplit, predictions_path=None, *, which: 
     """Re-score a saved head on ``split``; optionally write per-clip predictions as CSV.
 
     The CSV has columns clip_id, label, predicted (class names), then one probability column
-    per class name. A split made with other backbones, preprocessing or labels is refused.
+    per class name. A split made with other backbones, preprocessing or labels, or lacking an
+    embedding the head reads, is refused.
     """
     model, meta = load_run(run_dir, which, device)
     _check_matches_run(split, meta, model)
-    logits = _logits(model, split, device)
+    logits = split_logits(model, split, device)
     metrics = score(logits, split.labels, split.num_classes, label_names=split.label_names)
     metrics["unseen_in_train"] = _unseen(split, set(meta["train_classes"]))
     if predictions_path is not None:
@@ -118,7 +142,7 @@ def write_predictions(path, split: FeatureSplit, probs: np.ndarray) -> None:
     """clip_id, label, predicted, then one probability column per class name (atomically)."""
     names = split.label_names
     predicted = probs.argmax(axis=1)
-    with _atomic(Path(path), "w") as f:
+    with atomic_write(Path(path), "w") as f:
         writer = csv.writer(f)
         writer.writerow(["clip_id", "label", "predicted", *names])
         for clip_id, label, guess, row in zip(split.clip_ids, split.labels, predicted, probs):
@@ -134,7 +158,7 @@ def _score_best_and_last(result, held_out: dict[str, FeatureSplit]) -> tuple[dic
     predicted = {}
     for name, split in held_out.items():
         for which, model in models.items():
-            logits = _logits(model, split)
+            logits = split_logits(model, split)
             scores[which][name] = score(logits, split.labels, split.num_classes, label_names=split.label_names)
             if which == "best":
                 predicted[name] = logits.argmax(1).numpy()
@@ -143,41 +167,33 @@ def _score_best_and_last(result, held_out: dict[str, FeatureSplit]) -> tuple[dic
 
 def _write_run(out_dir: Path, result, metrics: dict, held_out: dict, predicted: dict,
                train, val, test, seen: set[str]) -> None:
-    # metrics.json marks a finished run: drop an overwritten run's marker before anything else.
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     _write_head(out_dir / HEAD_FILE, result, train, val, test, seen)
     _write_history(out_dir / HISTORY_FILE, result.history)
-    with _atomic(out_dir / CURVES_FILE) as f:
+    with atomic_write(out_dir / CURVES_FILE) as f:
         plots.learning_curves(result.history, result.best_epoch if val is not None else None, f)
     shown = "test" if "test" in held_out else "val" if "val" in held_out else None
     if shown is None:
         log.info("no val or test split: %s not drawn", CONFUSION_FILE)
     else:
-        with _atomic(out_dir / CONFUSION_FILE) as f:
+        with atomic_write(out_dir / CONFUSION_FILE) as f:
             plots.confusion_matrix_plot(held_out[shown].labels, predicted[shown], train.label_names, f,
                                         title=f"{shown}, epoch {result.best_epoch}")
-    with _atomic(out_dir / METRICS_FILE, "w") as f:
+    with atomic_write(out_dir / METRICS_FILE, "w") as f:
         json.dump(metrics, f, indent=2)
-
-
-def _logits(model: AlphaFuseHead, split: FeatureSplit, device: str | torch.device | None = None) -> torch.Tensor:
-    device = device if device is not None else next(model.parameters()).device
-    video = torch.from_numpy(split.video).to(device)
-    audio = torch.from_numpy(split.audio).to(device)
-    return predict_logits(model, video, audio).cpu()
 
 
 def _where(split: FeatureSplit) -> str:
     return str(split.path) if split.path is not None else repr(split.split)
 
 
-def _check_matches_run(split: FeatureSplit, meta: dict, model: AlphaFuseHead) -> None:
+def _check_matches_run(split: FeatureSplit, meta: dict, model: Head) -> None:
+    require_embeddings(split, model.input_names(), model.name)
     # check_compatible compares FeatureSplits, so describe the run as an empty one.
-    cfg = model.config
-    as_split = FeatureSplit(split="run", clip_ids=[], labels=np.zeros(0), video=np.zeros((0, cfg["video_dim"])),
-                            audio=np.zeros((0, cfg["audio_dim"])), has_audio=np.zeros(0),
+    shapes = meta["embedding_shapes"]
+    as_split = FeatureSplit(split="run", clip_ids=[], labels=np.zeros(0), has_audio=np.zeros(0),
                             label_names=meta["label_names"], backbones=meta["backbones"],
-                            preprocessing=meta["preprocessing"], path=Path(meta["run_dir"]) / HEAD_FILE)
+                            preprocessing=meta["preprocessing"], path=Path(meta["run_dir"]) / HEAD_FILE,
+                            embeddings={n: np.zeros((0, *s), np.float32) for n, s in shapes.items()})
     try:
         check_compatible(as_split, split)
     except CacheError as exc:
@@ -198,14 +214,30 @@ def _unseen(split: FeatureSplit, seen: set[str]) -> list[str]:
     return unseen
 
 
-def prepare_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run") -> Path:
-    """Create ``out_dir``, refusing one that already holds a ``what`` (any of ``markers``) unless ``overwrite``."""
+def check_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run") -> Path:
+    """Refuse an ``out_dir`` that already holds a ``what`` (any of ``markers``) unless ``overwrite``.
+
+    Creates nothing: called before training, so that bad input never leaves an empty directory.
+    """
     out_dir = Path(out_dir)
     existing = [name for name in markers if (out_dir / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a {what} ({', '.join(existing)}); choose another "
                               f"output directory, remove it, or pass overwrite=True")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a directory; choose another output directory")
+    return out_dir
+
+
+def prepare_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE), what: str = "run",
+                    known=()) -> Path:
+    """Check ``out_dir`` again (see :func:`check_out_dir`), create it, and remove the ``known`` files
+    a previous run or grid left there (and their temporaries), in order: the finished marker first."""
+    out_dir = check_out_dir(out_dir, overwrite, markers, what)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in known:
+        (out_dir / name).unlink(missing_ok=True)
+        (out_dir / (name + TMP_SUFFIX)).unlink(missing_ok=True)
     return out_dir
 
 
@@ -216,6 +248,12 @@ def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
         "last_state_dict": _to_cpu(result.last_state_dict),
         "head_config": result.model.config,
         "train_config": result.config.to_dict(),
+        "needs": list(result.model.input_names()),
+        # Per-clip shapes as in the cache (views included) and their info: evaluation and the
+        # end-to-end model apply the same views rule (fuse/inputs.py).
+        "embedding_shapes": {n: list(train.embeddings[n].shape[1:]) for n in result.model.input_names()},
+        "embedding_info": {n: train.embedding_info[n] for n in result.model.input_names()
+                           if n in train.embedding_info},
         "best_epoch": result.best_epoch,
         "label_names": list(train.label_names),
         "train_classes": sorted(seen),
@@ -225,7 +263,7 @@ def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
         "cache_paths": {name: str(s.path) if s is not None and s.path is not None else None
                         for name, s in (("train", train), ("val", val), ("test", test))},
     }
-    with _atomic(path) as f:
+    with atomic_write(path) as f:
         torch.save(payload, f)
 
 
@@ -234,22 +272,7 @@ def _to_cpu(state: dict) -> dict:
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    with _atomic(path, "w") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(history)
-
-
-@contextmanager
-def _atomic(path: Path, mode: str = "wb"):
-    """Yield a file open on ``path.tmp``; on success fsync and rename it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cache import FeatureSplit
 
-from .head import AlphaFuseHead
-from .train import TrainConfig, TrainResult, _check_splits, _prefixed, _rank, _seeded, _tensors
+from .config import TrainConfig
+from .heads.concat import AlphaFuseHead
+from .train import TrainResult, _check_splits, _prefixed, _rank, _seeded, hits
+from .transforms import rectified_sqrt, transform_ops
 
 _EVAL_FLOATS = 1 << 24   # activations per evaluation chunk (64 MiB of float32)
+
+
+def stackable(cfg: TrainConfig, split: FeatureSplit) -> bool:
+    """Whether ``train_heads_stacked`` can train this head: a concat head (an MLP) without modality
+    dropout or early stopping, on pooled float32 embeddings held in memory without views."""
+    if cfg.head != "concat" or cfg.modality_dropout or cfg.patience is not None:
+        return False
+    return all(isinstance(split.embeddings.get(n), np.ndarray) and split.embeddings[n].dtype == np.float32
+               and split.embeddings[n].ndim == 2 and not (split.embedding_info.get(n) or {}).get("views")
+               for n in ("video", "audio"))
 
 
 def stack_key(cfg: TrainConfig) -> tuple:
@@ -36,6 +49,9 @@ def train_heads_stacked(train: FeatureSplit, val: FeatureSplit | None, cfgs, max
     ``max_stack`` bounds a stack's memory (about 6 copies of one head's parameters per head).
     """
     _check_splits(train, val)
+    refused = [cfg for cfg in cfgs if not stackable(cfg, train)]
+    if refused:
+        raise ValueError(f"{len(refused)} config(s) cannot be stacked (head {refused[0].head}); see stackable()")
     groups: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         groups.setdefault(stack_key(cfg), []).append(i)
@@ -59,10 +75,11 @@ class _StackedFusion:
             self.log_alpha = torch.zeros(k, device=device, requires_grad=True)
         self.parts = {}
         for modality in ("video", "audio"):
-            mine = [c.target == modality for c in cfgs]
-            sqrt = [m and c.transform == "sqrt" for m, c in zip(mine, cfgs)]
-            learned = [m and c.transform == "learned" for m, c in zip(mine, cfgs)]
-            scale = [c.alpha if m and c.alpha is not None else 1.0 for m, c in zip(mine, cfgs)]
+            # The transforms as fuse/transforms.py defines them, one (sqrt, scale, learned) per head.
+            ops = [transform_ops(c.transform, c.alpha) if c.target == modality else (False, None, False)
+                   for c in cfgs]
+            sqrt, learned = [o[0] for o in ops], [o[2] for o in ops]
+            scale = [o[1] if o[1] is not None else 1.0 for o in ops]
             as_mask = lambda flags: torch.tensor(flags, device=device).view(k, 1, 1) if any(flags) else None
             self.parts[modality] = (
                 as_mask(sqrt), as_mask(learned),
@@ -72,7 +89,7 @@ class _StackedFusion:
     def _transform(self, x: torch.Tensor, modality: str, heads: slice) -> torch.Tensor:
         sqrt, learned, scale = (None if t is None else t[heads] for t in self.parts[modality])
         if sqrt is not None:
-            x = torch.where(sqrt, torch.sqrt(torch.relu(x)), x)
+            x = torch.where(sqrt, rectified_sqrt(x), x)
         if learned is not None:
             alpha = self.log_alpha[heads].exp().view(-1, 1, 1)
             scale = torch.where(learned, alpha, scale if scale is not None else torch.ones_like(alpha))
@@ -164,6 +181,11 @@ def _init_stack(cfgs, video_dim: int, audio_dim: int, num_classes: int, device: 
     return models, streams, torch.tensor(stream_of, device=device)
 
 
+def _tensors(split: FeatureSplit, device: torch.device):
+    return (torch.from_numpy(split.video).to(device), torch.from_numpy(split.audio).to(device),
+            torch.from_numpy(split.labels).to(device))
+
+
 def _linear(model: AlphaFuseHead, i: int) -> torch.nn.Linear:
     return [m for m in model.head if isinstance(m, torch.nn.Linear)][i]
 
@@ -189,6 +211,7 @@ def _stacked_epoch(layers, fusion, optimizer, video, audio, labels, cfg: TrainCo
     orders = torch.stack([torch.randperm(n, generator=order_gen) for _, order_gen in streams]).to(labels.device)
     loss_sum = torch.zeros(k, device=labels.device)
     correct = torch.zeros(k, dtype=torch.long, device=labels.device)
+    correct5 = torch.zeros(k, dtype=torch.long, device=labels.device)
     for start in range(0, n, cfg.batch_size):
         idx = _per_head(orders[:, start:start + cfg.batch_size], stream_of)     # (K, B)
         x = fusion(video[idx], audio[idx])
@@ -204,7 +227,9 @@ def _stacked_epoch(layers, fusion, optimizer, video, audio, labels, cfg: TrainCo
         optimizer.step()
         loss_sum += losses.detach() * idx.shape[1]
         correct += (x.detach().argmax(-1) == y).sum(1)
-    return [{"train_loss": loss / n, "train_top1": c / n} for loss, c in zip(loss_sum.tolist(), correct.tolist())]
+        correct5 += (x.detach().topk(min(5, x.shape[-1]), dim=-1).indices == y[..., None]).any(-1).sum(1)
+    return [{"train_loss": loss / n, "train_top1": c / n, "train_top5": c5 / n}
+            for loss, c, c5 in zip(loss_sum.tolist(), correct.tolist(), correct5.tolist())]
 
 
 class _StackedAdam:
@@ -315,8 +340,8 @@ def _stacked_evaluate(layers, fusion, video, audio, labels) -> list[dict]:
         logits = torch.cat([_stacked_logits(layers, fusion, video[r:r + rows], audio[r:r + rows], heads)
                             for r in range(0, n, rows)], dim=1)
         for head_logits in logits:
-            scores.append({"loss": F.cross_entropy(head_logits, labels).item(),
-                           "top1": (head_logits.argmax(1) == labels).sum().item() / n})
+            top1, top5 = hits(head_logits, labels).tolist()
+            scores.append({"loss": F.cross_entropy(head_logits, labels).item(), "top1": top1 / n, "top5": top5 / n})
     return scores
 
 

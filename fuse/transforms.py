@@ -84,24 +84,41 @@ def resolve_target(target: str) -> str:
                          f"{', '.join(TARGET_ALIASES)}") from None
 
 
+def transform_ops(name: str, alpha=None) -> tuple[bool, float | None, bool]:
+    """What transform ``name`` does, as ``(sqrt, fixed_scale, learned)``: the one definition both
+    training paths apply (``apply_transform`` here, the stacked heads in fuse/stacked.py).
+
+    ``sqrt``: take ``rectified_sqrt``; ``fixed_scale``: multiply by this alpha; ``learned``:
+    multiply by the current value of a trained scale. ``alpha`` must already be validated.
+    """
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
+    if name in _TAKES_ALPHA and alpha is None:
+        raise ValueError(f"transform {name} needs an alpha; call validate_transform first")
+    return name == "sqrt", float(alpha) if name in _TAKES_ALPHA else None, name == "learned"
+
+
+def rectified_sqrt(x):
+    """sqrt(relu(x)), as the paper's code transforms an embedding (torch tensor or numpy array)."""
+    if isinstance(x, np.ndarray):
+        return np.sqrt(np.maximum(x, 0))
+    return torch.sqrt(torch.relu(x))
+
+
 def apply_transform(x, name: str, alpha: float | None):
     """Apply transform ``name`` to an embedding (torch tensor or numpy array, any shape).
 
     ``alpha`` must already be validated (see :func:`validate_transform`); for ``learned`` it is
     the current value of the trained scale (a tensor, so that gradients reach it).
     """
-    if name == "none":
-        return x
-    if name == "sqrt":
-        if isinstance(x, np.ndarray):
-            return np.sqrt(np.maximum(x, 0))
-        return torch.sqrt(torch.relu(x))
-    if name in _TAKES_ALPHA or name == "learned":
-        if alpha is None:
-            raise ValueError(f"transform {name} needs an alpha; call validate_transform first"
-                             if name != "learned" else "transform learned needs its current scale as alpha")
+    if name == "learned" and alpha is None:
+        raise ValueError("transform learned needs its current scale as alpha")
+    sqrt, scale, learned = transform_ops(name, alpha if name != "learned" else None)
+    if sqrt:
+        return rectified_sqrt(x)
+    if learned:
         return x * alpha
-    raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
+    return x * scale if scale is not None else x
 
 
 class ScaledConcat(nn.Module):

@@ -19,8 +19,8 @@ from sklearn.metrics import top_k_accuracy_score
 import fuse
 from cache import CacheError, FeatureSplit, write_split
 from fuse import (DEFAULT_ALPHA, AlphaFuseHead, FusionHead, ScaledConcat, TrainConfig, apply_transform,
-                  evaluate_run, fuse_run, load_run, load_splits, score, select_best_epoch, train_head,
-                  validate_transform)
+                  evaluate_run, fuse_run, load_run, load_splits, predict_logits, score, select_best_epoch,
+                  train_head, validate_transform)
 
 NUM_CLASSES = 6
 DIM = 16
@@ -82,8 +82,7 @@ def test_sqrt_is_sqrt_of_relu_on_negative_entries():
 @pytest.mark.parametrize("name", ["pos_scalar", "neg_scalar"])
 def test_scalar_transforms_multiply_by_their_default_alpha(name):
     alpha = validate_transform(name)
-    assert alpha == DEFAULT_ALPHA[name]
-    assert (alpha > 1) if name == "pos_scalar" else (0 < alpha < 1)
+    assert alpha == DEFAULT_ALPHA[name]   # no alpha given: the default is filled in
     x = torch.randn(3, 5)
     assert torch.equal(apply_transform(x, name, alpha), x * alpha)
 
@@ -208,8 +207,9 @@ def test_reported_model_is_the_best_epoch_and_last_is_kept(splits):
     assert len({row["val_top1"] for row in result.history}) > 1
     assert result.best_epoch == select_best_epoch(result.history)
     video, audio = torch.from_numpy(val.video), torch.from_numpy(val.audio)
-    best_scores = score(result.model(video, audio), val.labels, NUM_CLASSES)
-    last_scores = score(result.last_model()(video, audio), val.labels, NUM_CLASSES)
+    # predict_logits is the very computation of the per-epoch validation (one thread): exact.
+    best_scores = score(predict_logits(result.model, video, audio), val.labels, NUM_CLASSES)
+    last_scores = score(predict_logits(result.last_model(), video, audio), val.labels, NUM_CLASSES)
     best_row, last_row = result.history[result.best_epoch - 1], result.history[-1]
     assert best_scores["top1"] == best_row["val_top1"]
     assert best_scores["loss"] == pytest.approx(best_row["val_loss"], rel=1e-4, abs=1e-6)
@@ -222,7 +222,7 @@ def test_without_val_the_last_epoch_is_reported(splits):
     result = train_head(train, None, TrainConfig(**{**FAST, "epochs": 2}))
     assert result.best_epoch == 2
     assert state_equal(result.best_state_dict, result.last_state_dict)
-    assert [set(row) for row in result.history] == [{"epoch", "train_loss", "train_top1"}] * 2
+    assert [set(row) for row in result.history] == [{"epoch", "train_loss", "train_top1", "train_top5"}] * 2
 
 
 def test_train_config_validates_and_normalises():
@@ -336,7 +336,7 @@ def test_run_dir_contents(run_dir):
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == FAST["epochs"]
-    assert list(rows[0]) == ["epoch", "train_loss", "train_top1", "val_loss", "val_top1"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5"]
     assert [int(r["epoch"]) for r in rows] == list(range(1, FAST["epochs"] + 1))
     for png in ("learning_curves.png", "confusion_matrix.png"):
         with Image.open(out / png) as image:
@@ -413,14 +413,14 @@ def test_test_label_unseen_in_training_is_reported(splits, tmp_path):
     assert evaluate_run(tmp_path / "run", test)["unseen_in_train"] == [NAMES[-1]]
 
 
-def test_existing_run_is_not_overwritten_and_interrupted_save_keeps_the_old_head(splits, tmp_path, monkeypatch):
+def test_existing_run_is_refused_and_an_interrupted_overwrite_leaves_nothing_stale(splits, tmp_path, monkeypatch):
     train, val, test = splits
     cfg = TrainConfig(**{**FAST, "epochs": 1})
     out = tmp_path / "run"
     fuse_run(train, val, test, cfg, out)
     with pytest.raises(FileExistsError, match="already holds a run"):
         fuse_run(train, val, test, cfg, out)
-    before = (out / "head.pt").read_bytes()
+    assert (out / "metrics.json").is_file()   # the refused run touched nothing
 
     def interrupted_save(obj, f):
         f.write(b"half a head")
@@ -429,10 +429,34 @@ def test_existing_run_is_not_overwritten_and_interrupted_save_keeps_the_old_head
     monkeypatch.setattr(fuse.run.torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
         fuse_run(train, val, test, replace(cfg, seed=3), out, overwrite=True)
-    assert (out / "head.pt").read_bytes() == before
-    assert not list(out.glob("*.tmp"))
-    assert not (out / "metrics.json").exists()  # the interrupted run is visibly unfinished
-    load_run(out)
+    # The old run's files were removed before the new one was written; the half-written head
+    # never reached its real name, and nothing says the run finished.
+    assert sorted(p.name for p in out.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="head.pt not found"):
+        load_run(out)
+
+
+def test_overwrite_removes_the_previous_runs_plots(splits, tmp_path):
+    train, val, test = splits
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    out = tmp_path / "run"
+    fuse_run(train, val, test, cfg, out)
+    assert (out / "confusion_matrix.png").is_file()
+    stray = out / "notes.txt"   # not a run file: left alone
+    stray.write_text("mine")
+    fuse_run(train, None, None, cfg, out, overwrite=True)   # no held-out split: no confusion matrix
+    assert sorted(p.name for p in out.iterdir()) == ["head.pt", "history.csv", "learning_curves.png",
+                                                     "metrics.json", "notes.txt"]
+    assert json.loads((out / "metrics.json").read_text())["test"] is None
+
+
+def test_training_that_fails_on_bad_input_creates_no_run_dir(splits, tmp_path):
+    train, _, test = splits
+    empty = FeatureSplit("val", [], [], np.zeros((0, DIM)), np.zeros((0, DIM)), [], NAMES,
+                         backbones=BACKBONES, preprocessing=PREPROCESSING)
+    with pytest.raises(ValueError, match="no clips"):
+        fuse_run(train, empty, test, TrainConfig(**FAST), tmp_path / "nested" / "run")
+    assert not (tmp_path / "nested").exists()
 
 
 def test_load_splits_reads_a_cache_dir(splits, tmp_path):

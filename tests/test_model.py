@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,59 @@ def test_predict_command(subset_dir, tmp_path):
         probs = [t["probability"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
         assert all(t["label"] in manifest.label_names for t in r["top"])
+
+
+# -- any head end to end ----------------------------------------------------------------------
+
+class TokenBackbone(torch.nn.Module):
+    """A stand-in for a registry backbone: ``embed(**inputs, names)`` gives a pooled embedding
+    (per view when ``views``) and tokens, from a fixed random projection of its input."""
+
+    def __init__(self, modality: str, in_dim: int, dim: int = 12, tokens: int = 4, views: int | None = None):
+        super().__init__()
+        self.modality, self.views, self.tokens = modality, views, tokens
+        self.proj = torch.nn.Linear(in_dim, dim * tokens)
+        self.input = "video" if modality == "video" else "fbank"
+
+    def input_specs(self, modality):
+        return {self.input: None}
+
+    def embed(self, names=None, **inputs):
+        x = inputs[self.input]
+        tokens = self.proj(x.flatten(1)).unflatten(1, (self.tokens, -1))
+        pooled = tokens.mean(1)
+        if self.views:
+            pooled = torch.stack([pooled + 0.5 * torch.sin(pooled * (v + 1)) for v in range(self.views)], dim=1)
+        out = {self.modality: pooled, f"{self.modality}_tokens": tokens}
+        return {k: v for k, v in out.items() if names is None or k in names}
+
+
+@pytest.mark.parametrize("head, views", [("bottleneck", None), ("gated", 3)])
+def test_any_head_end_to_end_equals_the_cached_path(tmp_path, head, views):
+    """The whole model (backbones' embed, the views rule, the head) gives the logits that the
+    cached embeddings give through evaluation."""
+    from cache import FeatureSplit
+    from fuse import split_logits
+
+    torch.manual_seed(0)
+    video_bb, audio_bb = TokenBackbone("video", 2 * 3 * 4, views=views), TokenBackbone("audio", 5 * 3)
+    n = 24
+    raw = {"video": torch.randn(n, 2, 3, 4), "fbank": torch.randn(n, 5, 3)}
+    with torch.no_grad():
+        embeddings = {**video_bb.embed(video=raw["video"]), **audio_bb.embed(fbank=raw["fbank"])}
+    labels = np.arange(n) % 3
+    info = {"video": {"views": views}} if views else {}
+    split = FeatureSplit("train", [f"c{i}" for i in range(n)], labels, label_names=["a", "b", "c"],
+                         embeddings={k: v.numpy() for k, v in embeddings.items()}, embedding_info=info)
+    options = {"dim": 8, "layers": 1, "bottlenecks": 2, "num_heads": 2} if head == "bottleneck" else {}
+    fuse_run(split, None, None, TrainConfig(head=head, head_options=options, epochs=2, hidden=(8,)), tmp_path / "run")
+    trained, meta = load_run(tmp_path / "run")
+    model = AlphaTransformer(video_bb, audio_bb, trained, meta["label_names"], embedding_info=meta["embedding_info"])
+    with torch.no_grad():
+        end_to_end = model(raw["video"], raw["fbank"])
+    assert (end_to_end - split_logits(trained, split)).abs().max() < PARITY_TOL
+    # A backbone that cannot give what the head reads is named.
+    plain = AlphaTransformer(torch.nn.Identity(), torch.nn.Identity(), trained)
+    if head == "bottleneck":
+        with pytest.raises(ValueError, match="not video_tokens, which the bottleneck head reads"):
+            plain(raw["video"], raw["fbank"])
