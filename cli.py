@@ -71,7 +71,7 @@ def main(verbose):
 @options("manifest", "video_root", "cache_dir", "splits", "video_backbone", "audio_backbone", "backbone",
          "video_checkpoint", "audio_checkpoint", "checkpoint", "backbone_config", "trust_checkpoint", "arch", "seed", "spatial_crops",
          "temporal_views", "sampling",
-         "tokens", "layers", "batch_size", "workers", "precision", "limit", "shard", "device")
+         "tokens", "layers", "token_dtype", "batch_size", "workers", "precision", "limit", "shard", "device")
 @click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="[NAME.]KEY=VALUE",
               help="A backbone option, e.g. num_frames=16 or timesformer.attention_type=space_only (repeat).")
 @click.option("--overwrite", is_flag=True, help="Discard an existing or partial cache of these splits.")
@@ -90,23 +90,37 @@ def extract(config, **flags):
 
 # ----------------------------------------------------------------------------- fuse
 
-class _TransformsEpilog(click.Command):
+class _HeadsEpilog(click.Command):
+    """Lists the heads and the transforms under --help, from their registries."""
+
     def format_epilog(self, ctx, formatter):
+        from fuse.heads import head_help
         from fuse.transforms import TRANSFORM_HELP
 
-        with formatter.section("Transforms (applied to --target before concatenation)"):
+        with formatter.section("Heads (--head; --head-option KEY=VALUE sets one of its options)"):
+            formatter.write_dl(sorted(head_help().items()))
+        with formatter.section("Transforms (concat head: applied to --target before concatenation)"):
             formatter.write_dl(sorted(TRANSFORM_HELP.items()))
 
 
-_HEAD_SETTINGS = ("transform", "target", "alpha", "modalities", "epochs", "batch_size", "lr", "hidden", "dropout")
+_HEAD_SETTINGS = ("transform", "target", "alpha", "modalities", "epochs", "batch_size", "lr", "hidden", "dropout",
+                  "head", "modality_dropout", "patience")
 
 
 def _train_config(s: Settings, flags: dict, **fixed):
     from fuse import TrainConfig
+    from fuse.heads import parse_head_options
 
     values = {name: s.get(name, flags.get(name), SETTINGS[name].default) for name in _HEAD_SETTINGS}
     values.update(seed=s.get("seed", flags.get("seed")), **fixed)
+    if flags.get("head_options"):
+        values["head_options"] = parse_head_options(values["head"], flags["head_options"])
     return TrainConfig(**values)
+
+
+def head_option(f):
+    return click.option("--head-option", "head_options", multiple=True, metavar="KEY=VALUE",
+                        help="An option of the --head, e.g. dim=128 for bottleneck (repeat).")(f)
 
 
 def _device(name: str) -> str:
@@ -114,17 +128,18 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
-@main.command(cls=_TransformsEpilog)
+@main.command(cls=_HeadsEpilog)
 @config_option
-@options("cache_dir", "out", *_HEAD_SETTINGS, "seed", device="cpu")
-@options("device")
+@options("cache_dir", "out", *_HEAD_SETTINGS, "seed", "device", device="cpu")
+@head_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def fuse(config, out, cache_dir, device, overwrite, **flags):
-    """Stage 2: train the alpha-transformer's head on cached embeddings (seconds on a laptop).
+    """Stage 2: train a fusion head on cached embeddings (seconds on a laptop).
 
     Writes a run directory: head.pt, metrics.json (val and test: top1, top5, map, loss,
-    per_class), history.csv, learning_curves.png and confusion_matrix.png. The reported model is
-    the best validation epoch; the last epoch's scores are reported beside it.
+    per_class, the learnable ceiling, top-1 with each modality missing), history.csv,
+    learning_curves.png, confusion_matrix.png and config.json (what it ran with). The reported
+    model is the best validation epoch; the last epoch's scores are reported beside it.
     """
     from fuse.commands import fuse_command
 
@@ -136,16 +151,29 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run directory.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="A run directory.")
+@click.option("--backbone-logits", is_flag=True,
+              help="Instead of a run: score the cache's own classifier outputs (a fine-tuned CAV-MAE, TSM or TSAM), "
+                   "the mean of the per-view softmax, as the backbone's reference evaluation.")
+@click.option("--backbone-labels", type=click.Path(exists=True, dir_okay=False),
+              help="With --backbone-logits: the backbone's class names, a class_labels_indices.csv "
+                   "(index,mid,display_name) or one name per line.")
 @click.option("--split", default="test", show_default=True, help="Split to score.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Default: where the run's training cache was.")
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run_dir, split, cache_dir, predictions, which, as_json):
-    """Re-score a saved head on a cached split."""
-    from fuse.commands import evaluate_command
+def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json):
+    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
+    from fuse.commands import evaluate_backbone_command, evaluate_command
 
+    if backbone_logits:
+        if cache_dir is None:
+            raise click.UsageError("--backbone-logits needs --cache-dir")
+        evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo)
+        return
+    if run_dir is None:
+        raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
     evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo)
 
 
@@ -157,42 +185,47 @@ def evaluate(run_dir, split, cache_dir, predictions, which, as_json):
               help="The video backbone's checkpoint, if not where extraction read it (its sha256 must match).")
 @click.option("--audio-checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="The audio backbone's checkpoint, if not where extraction read it (its sha256 must match).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="The audio-visual backbone's checkpoint, likewise.")
 @click.option("--trust-checkpoint", is_flag=True, help=SETTINGS["trust_checkpoint"].help)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, trust_checkpoint, device, as_json):
+def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoint, trust_checkpoint, device, as_json):
     """Classify video files with a trained run: the backbones, the transform and the head."""
     from extract.checkpoint import trusted_checkpoints
     from fuse.commands import predict_command
 
     with trusted_checkpoints(trust_checkpoint):
-        code = predict_command(videos, Path(run_dir), top_k, {"video": video_checkpoint, "audio": audio_checkpoint},
+        code = predict_command(videos, Path(run_dir), top_k, {"video": video_checkpoint, "audio": audio_checkpoint,
+                                                              "audiovisual": checkpoint},
                                _device(device), as_json, echo=click.echo)
     sys.exit(code)
 
 
 # ----------------------------------------------------------------------------- grid
 
-@main.command(cls=_TransformsEpilog)
+@main.command(cls=_HeadsEpilog)
 @config_option
-@options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "seeds", "jobs", "method",
-         "epochs", "batch_size", "lr", "hidden", "dropout")
+@options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
+         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
 def grid(config, cache_dir, out, overwrite, **flags):
     """Train many heads on one cache: the paper's experiments or alpha sweeps, over seeds.
 
     Writes results.csv (one row per configuration and seed), summary.csv/json (mean and 95%
     interval over seeds; test accuracy against the none baseline with a paired bootstrap
-    interval over the same test clips), predictions.npz, and a plot: accuracy against alpha
-    per target, or a bar chart for the preset.
+    interval over the same test clips; test top-1 with each modality missing; head-vs-head
+    intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
+    target, or a bar chart per configuration.
     """
     from fuse.commands import grid_command
 
     s = settings(config, "grid")
-    sweep = {k: s.get(k, flags[k], None) for k in ("preset", "transforms", "targets", "alphas", "learned")}
-    if sweep["transforms"] or sweep["alphas"]:
-        sweep["preset"] = flags["preset"]
-    base = _train_config(s, flags, device="cpu")
+    sweep = {k: s.get(k, flags[k], None)
+             for k in ("preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights")}
+    if (sweep["transforms"] or sweep["alphas"] or sweep["heads"]) and not flags["preset"]:
+        sweep["preset"] = None
+    base = _train_config(s, {**flags, "head": None}, device="cpu")
     cache = Path(s.get("cache_dir", cache_dir))
     out_dir = s.get("out", out, None)
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,

@@ -149,6 +149,9 @@ def _choices(kind: str) -> tuple:
     if kind == "transforms":
         from fuse.transforms import TRANSFORMS
         return TRANSFORMS
+    if kind == "heads":
+        from fuse.heads import head_names
+        return tuple(head_names())
     if kind == "sampling":
         from data.sampling import SAMPLINGS
         return tuple(sorted(SAMPLINGS))
@@ -185,6 +188,8 @@ SETTINGS = {
                         _choices("sampling")),
     "tokens": Setting("bool", False, "Also cache compact token sequences (for the bottleneck head), float16."),
     "layers": Setting("str", None, "Also cache the pooled embedding after these blocks: all, or i,j,... (0-based), float16."),
+    "token_dtype": Setting("str", "float16", "Storage of --tokens and --layers caches: float16 (half the disk) or float32.",
+                           ("float16", "float32")),
     "batch_size": Setting("int", 8, "Clips per batch.", minimum=1),
     "workers": Setting("int", 2, "DataLoader decoding processes.", minimum=0),
     "precision": Setting("str", "fp32", "Autocast precision of the backbones.", ("fp32", "bf16", "fp16")),
@@ -201,7 +206,13 @@ SETTINGS = {
     "lr": Setting("float", 1e-4, "Adam learning rate."),
     "hidden": Setting("ints", (1024, 512), "Hidden layer sizes, comma-separated.", minimum=1),
     "dropout": Setting("float", 0.5, "Dropout after each hidden layer, in [0, 1)."),
+    "head": Setting("str", "concat", "The fusion head (see the list below).", _choices("heads")),
+    "modality_dropout": Setting("float", 0.0, "Probability that a training clip loses one modality (zeroed), in [0, 1)."),
+    "patience": Setting("int", None, "Stop when validation has not improved for this many epochs (MBT's early stopping).",
+                        minimum=1),
     # grids
+    "heads": Setting("str", None, "Heads axis: comma-separated heads (concat,gated,late,bottleneck,layers), same seeds."),
+    "late_weights": Setting("str", None, "The late head's fixed weights to sweep (e.g. 0.25,0.5,0.75); none: learned."),
     "preset": Setting("str", None, "paper: Table 1, the none baseline and the two unimodal heads.", ("paper",)),
     "transforms": Setting("str", None, "Sweep: transform(s), comma-separated (e.g. scale or pos_scalar,neg_scalar)."),
     "targets": Setting("str", None, "Sweep: timesformer,ast (aliases video,audio). Default: both."),

@@ -4,7 +4,7 @@ Everything here is picklable and holds no open file between calls, so a ClipData
 handed to DataLoader workers.
 """
 from .audio import AudioConfig, decode_audio, fbank_from_waveform, load_fbank
-from .clip import LoadedClip, load_clip
+from .clip import LoadedClip, load_clip, load_inputs
 from .dataset import ClipDataset, collate_clips
 from .errors import ClipError
 from .manifest import Clip, Manifest, read_manifest
@@ -13,7 +13,7 @@ from .video import VideoConfig, load_video, preprocess_frames, sample_indices
 
 __all__ = [
     "AudioConfig", "Clip", "ClipDataset", "ClipError", "LoadedClip", "Manifest", "VideoConfig",
-    "collate_clips", "decode_audio", "fbank_from_waveform", "load_clip", "load_fbank",
+    "collate_clips", "decode_audio", "fbank_from_waveform", "load_clip", "load_fbank", "load_inputs",
     "load_video", "preprocess_frames", "read_manifest", "register_sampling", "sample_frames",
     "sample_indices",
 ]

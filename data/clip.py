@@ -23,6 +23,26 @@ class LoadedClip:
     has_audio: bool
 
 
+def load_inputs(path: str | Path, video_spec, audio_spec, clip_id: str | None = None, *,
+                threads: int = 0) -> LoadedClip:
+    """One clip's model inputs for any specs: one demux pass for a VideoConfig and an
+    AudioConfig (load_clip), else each spec that loads its own input (data/specs.py) reads the
+    file itself. Raises ClipError for a bad clip."""
+    from .audio import load_fbank
+    from .video import load_video
+
+    clip_id = clip_id_for(path, clip_id)
+    if isinstance(video_spec, VideoConfig) and isinstance(audio_spec, AudioConfig):
+        return load_clip(path, video_spec, audio_spec, clip_id, threads=threads)
+    video = (video_spec.load(path, clip_id, threads) if hasattr(video_spec, "load")
+             else load_video(path, video_spec, clip_id, threads=threads))
+    if hasattr(audio_spec, "load"):
+        audio, has_audio = audio_spec.load(path, clip_id)
+    else:
+        audio, has_audio = load_fbank(path, audio_spec, clip_id)
+    return LoadedClip(video, audio, has_audio)
+
+
 def load_clip(path: str | Path, video_cfg: VideoConfig = VideoConfig(),
               audio_cfg: AudioConfig = AudioConfig(), clip_id: str | None = None,
               *, threads: int = 0) -> LoadedClip:

@@ -8,11 +8,11 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .audio import AudioConfig, load_fbank
-from .clip import LoadedClip, load_clip
+from .audio import AudioConfig
+from .clip import LoadedClip, load_inputs
 from .errors import ClipError, one_line
 from .manifest import Clip
-from .video import VideoConfig, load_video
+from .video import VideoConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,7 @@ class ClipDataset(Dataset):
         return item
 
     def _load(self, clip) -> LoadedClip:
-        if isinstance(self.video_cfg, VideoConfig) and isinstance(self.audio_cfg, AudioConfig):
-            return load_clip(clip.path, self.video_cfg, self.audio_cfg, clip.clip_id, threads=self._threads())
-        # Specs that load their own input (data/specs.py): each reads the file on its own.
-        video = (self.video_cfg.load(clip.path, clip.clip_id, self._threads()) if hasattr(self.video_cfg, "load")
-                 else load_video(clip.path, self.video_cfg, clip.clip_id, threads=self._threads()))
-        if hasattr(self.audio_cfg, "load"):
-            audio, has_audio = self.audio_cfg.load(clip.path, clip.clip_id)
-        else:
-            audio, has_audio = load_fbank(clip.path, self.audio_cfg, clip.clip_id)
-        return LoadedClip(video, audio, has_audio)
+        return load_inputs(clip.path, self.video_cfg, self.audio_cfg, clip.clip_id, threads=self._threads())
 
     @property
     def collate(self):

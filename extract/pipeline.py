@@ -130,6 +130,7 @@ def run_extraction(s, flags: dict, echo: Callable[[str], None] = print) -> list[
                    sampling=s.get("sampling", flags.get("sampling"), None),
                    limit=s.get("limit", flags.get("limit"), None), tokens=s.get("tokens", flags.get("tokens")),
                    layers=s.get("layers", flags.get("layers"), None), overwrite=bool(flags.get("overwrite")),
+                   token_dtype=s.get("token_dtype", flags.get("token_dtype")),
                    shard=shard)
     summaries = []
     for split in wanted:

@@ -32,6 +32,11 @@ class Extras:
 
     tokens: bool = False
     layers: str | tuple[int, ...] | None = None
+    dtype: str = "float16"        # how tokens and layers are stored: float16 (half the disk) or float32
+
+    def __post_init__(self):
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"token and layer caches are float16 or float32, got {self.dtype!r}")
 
     def layer_indices(self, depth: int) -> tuple[int, ...]:
         if self.layers is None:
@@ -44,10 +49,10 @@ class Extras:
         return tuple(self.layers)
 
     @classmethod
-    def parse(cls, tokens: bool = False, layers: str | None = None) -> "Extras":
+    def parse(cls, tokens: bool = False, layers: str | None = None, dtype: str = "float16") -> "Extras":
         """From the command line: ``layers`` is "all" or "i,j,..." (0-based block indices)."""
         if layers is None or layers == "all":
-            return cls(bool(tokens), layers)
+            return cls(bool(tokens), layers, dtype)
         try:
             picked = tuple(sorted({int(x) for x in str(layers).split(",") if x.strip()}))
         except ValueError:
@@ -55,10 +60,13 @@ class Extras:
                              f"got {layers!r}") from None
         if not picked:
             raise ValueError("layers names no block")
-        return cls(bool(tokens), picked)
+        return cls(bool(tokens), picked, dtype)
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "layers": list(self.layers) if isinstance(self.layers, tuple) else self.layers}
+        out = {"tokens": self.tokens, "layers": list(self.layers) if isinstance(self.layers, tuple) else self.layers}
+        if self.tokens or self.layers is not None:
+            out["dtype"] = self.dtype
+        return out
 
 
 @dataclass(frozen=True)

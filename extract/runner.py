@@ -120,7 +120,7 @@ class Roles(dict):
                 pooled = "_" not in name      # tokens and layers: fp16 on disk, they are big
                 if per_view:
                     declared.update(shape=[views, *declared["shape"]], views=views)
-                info[name] = {"dtype": "float32" if pooled else "float16", "role": modality, **declared,
+                info[name] = {"dtype": "float32" if pooled else extras.dtype, "role": modality, **declared,
                               "shape": list(declared["shape"])}
         return info
 
@@ -141,7 +141,8 @@ def cache_signature(split, label_names, roles: Roles, specs: dict, extras: Extra
 
 
 def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, audio_model=None, *,
-                  backbone=None, tokens: bool = False, layers=None, temporal_views: int = 1,
+                  backbone=None, tokens: bool = False, layers=None, token_dtype: str = "float16",
+                  temporal_views: int = 1,
                   sampling: str | None = None,
                   batch_size: int = 8, workers: int = 2, device: str = "auto", precision: str = "fp32",
                   spatial_crops: int = 1, limit: int | None = None, overwrite: bool = False,
@@ -151,7 +152,7 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
 
     Backbones: ``video_model`` and/or ``audio_model``, or one audio-visual ``backbone``.
     ``tokens`` / ``layers`` ("all" or block indices) also cache token sequences and per-block
-    pooled embeddings (float16). ``spatial_crops`` (1 or 3) and ``temporal_views`` (K) cache one
+    pooled embeddings (``token_dtype``: float16 by default, float32 for exact parity checks). ``spatial_crops`` (1 or 3) and ``temporal_views`` (K) cache one
     embedding per view, (N, K * crops, ...); ``sampling`` replaces the video backbone's rule. ``on_batch(clips_in_batch, summary)`` is called after each
     batch is safely written (a progress bar hook). The first SIGINT (Ctrl-C) stops after the
     batch in hand; a second one aborts.
@@ -169,7 +170,7 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
     if isinstance(temporal_views, bool) or not isinstance(temporal_views, int) or temporal_views < 1:
         raise ValueError(f"temporal views must be a positive integer, got {temporal_views!r}")
     roles = Roles.of(video_model, audio_model, backbone)
-    extras = layers if isinstance(layers, Extras) else Extras.parse(tokens, layers)
+    extras = layers if isinstance(layers, Extras) else Extras.parse(tokens, layers, token_dtype)
     dev = resolve_device(device)
     if precision == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 precision needs a CUDA device (use fp32 or bf16 on CPU)")
@@ -256,11 +257,19 @@ def embed_batch(roles: Roles, batch: dict, device: torch.device, precision: str 
               "audio": batch["fbank"].to(device, non_blocking=True)}
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    out = {}
     with torch.inference_mode(), autocast:
-        for modality, model in roles.items():
-            out.update(_extract_views(model, modality, inputs, extras))
+        out = embed_inputs(roles, inputs, extras)
     return {name: value.float().cpu().numpy().astype(info[name]["dtype"], copy=False) for name, value in out.items()}
+
+
+def embed_inputs(roles: Roles, inputs: dict, extras: Extras = Extras()) -> dict[str, torch.Tensor]:
+    """Every backbone on batched inputs {"video": ..., "audio": ...} -> {embedding name: tensor}.
+
+    The one embedding path: extraction (embed_batch) and the end-to-end model both use it."""
+    out = {}
+    for modality, model in roles.items():
+        out.update(_extract_views(model, modality, inputs, extras))
+    return out
 
 
 def _extract_views(model, modality: str, inputs: dict, extras: Extras) -> dict:

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 from cache import read_split
+from data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
+CONFIG_FILE = "config.json"    # what a run or grid ran with: settings, backbones, preprocessing
 
 
 def optional_split(cache_dir: Path, name: str):
@@ -25,7 +27,8 @@ def optional_split(cache_dir: Path, name: str):
 
 
 def run_name(cfg) -> str:
-    parts = [cfg.transform if cfg.modalities == "both" else f"{cfg.modalities}-only"]
+    parts = [] if cfg.head == "concat" else [cfg.head]
+    parts.append(cfg.transform if cfg.modalities == "both" else f"{cfg.modalities}-only")
     if cfg.transform != "none":
         parts.append(cfg.target)
     if cfg.alpha is not None:
@@ -49,7 +52,20 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     for name, unseen in (metrics.get("unseen_in_train") or {}).items():
         if unseen:
             echo(f"  {name}: {len(unseen)} class(es) never seen in training: {', '.join(unseen[:5])}")
-    echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png)")
+    learnable = (metrics.get("learnable") or {}).get("test")
+    if learnable:
+        echo(f"  learnable ceiling: {learnable['seen_label_clips']} of {learnable['clips']} test clips have a label "
+             f"seen in training (top-1 at most {learnable['max_top1']:.3f})")
+    missing = (metrics.get("missing_modality") or {}).get("test")
+    if missing:
+        echo("  test top1 with a modality missing: " + ", ".join(f"{m.replace('_', ' ')} {v:.3f}"
+                                                                   for m, v in missing.items()))
+    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(
+        {"command": "fuse", "cache_dir": str(cache), "config": cfg.to_dict(),
+         "backbones": train.backbones, "preprocessing": train.preprocessing,
+         "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
+    echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png, "
+         f"{CONFIG_FILE})")
     return metrics
 
 
@@ -74,12 +90,39 @@ def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: s
     return metrics
 
 
+def read_label_names(path) -> list[str]:
+    """A backbone's class names: AudioSet-style class_labels_indices.csv (index,mid,display_name),
+    as CAV-MAE's egs ship them, or a plain file of one name per line."""
+    import csv
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].lower().replace(" ", "").startswith("index,mid,display_name"):
+        rows = sorted(csv.reader(lines[1:]), key=lambda r: int(r[0]))
+        return [r[2] for r in rows]
+    return [line.strip() for line in lines if line.strip()]
+
+
+def evaluate_backbone_command(cache_dir: Path, split: str, labels_path, as_json: bool, echo: Echo = print) -> dict:
+    from .evaluation import evaluate_backbone_logits
+
+    features = read_split(Path(cache_dir) / f"{split}.h5")
+    names = read_label_names(labels_path) if labels_path else None
+    metrics = evaluate_backbone_logits(features, backbone_labels=names)
+    if as_json:
+        echo(json.dumps(metrics, indent=2))
+    else:
+        views = f", mean of {metrics['views']} views' softmax" if metrics.get("views") else ""
+        echo(f"{split}: the backbone's own classifier{views}: top1 {metrics['top1']:.3f}  top5 {metrics['top5']:.3f}  "
+             f"mAP {metrics['map']:.3f}  ({metrics['num_clips']} clips)")
+    return metrics
+
+
 def predict_command(videos, run_dir: Path, top_k: int, checkpoints: dict, device: str, as_json: bool,
                     echo: Echo = print) -> int:
     """Classify files; returns the exit code (1 when some file could not be read)."""
     from .model import AlphaTransformer
 
-    model = AlphaTransformer.from_run(run_dir, checkpoints.get("video"), checkpoints.get("audio"), device=device)
+    model = AlphaTransformer.from_run(run_dir, checkpoints, device=device)
     results = model.predict_files(videos, top_k)
     if as_json:
         echo(json.dumps(results, indent=2))
@@ -101,12 +144,14 @@ def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: 
     from .grid import configs_from_options, format_summary_table, run_grid
 
     preset = sweep.get("preset")
-    if not preset and not sweep.get("transforms") and not sweep.get("alphas"):
-        raise ValueError("nothing to run: give a preset (preset paper) or a sweep (transforms, alphas)")
-    name = f"grid-{preset}" if preset else "grid-" + (sweep.get("transforms") or "scale").replace(",", "+")
+    if not preset and not sweep.get("transforms") and not sweep.get("alphas") and not sweep.get("heads"):
+        raise ValueError("nothing to run: give a preset (preset paper), a sweep (transforms, alphas) or heads")
+    name = (f"grid-{preset}" if preset else "grid-heads-" + sweep["heads"].replace(",", "+") if sweep.get("heads")
+            else "grid-" + (sweep.get("transforms") or "scale").replace(",", "+"))
     out_dir = out_dir or run_dir / name
     configs = configs_from_options(preset, sweep.get("transforms"), sweep.get("targets"), sweep.get("alphas"), seeds,
-                                   base, sweep.get("learned"))
+                                   base, sweep.get("learned"), heads=sweep.get("heads"),
+                                   late_weights=sweep.get("late_weights"))
     train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
     val = optional_split(cache, "val")
     with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
@@ -115,7 +160,11 @@ def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: 
             bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
         result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
                           overwrite=overwrite)
-    table = format_summary_table(result.summary, len(result.test_labels))
+    table = format_summary_table(result, len(result.test_labels))
+    atomic_write_text(Path(out_dir) / CONFIG_FILE, json.dumps(
+        {"command": "grid", "cache_dir": str(cache), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
+         "configs": len(configs), "backbones": train.backbones, "preprocessing": train.preprocessing,
+         "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
     echo(table)
     echo(f"{len(result.rows)} heads trained in {result.seconds:.1f} s ({result.method}, {result.jobs} job(s)); "
          f"written to {out_dir}/: " + ", ".join(sorted(p.name for p in result.files.values())))

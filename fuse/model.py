@@ -1,89 +1,86 @@
 """The alpha-transformer end to end: frozen backbones, then any trained fusion head.
 
 Training never needs this module (it runs on cached embeddings); it exists to use a trained
-head on new videos, and to prove that the cached path and the whole model agree.
+head on new videos, and to prove that the cached path and the whole model agree. It embeds
+through extraction's own code (extract.runner.embed_inputs) with the backbones, preprocessing
+and extras the cache recorded, rounds what the cache stores in float16 the same way, and scores
+embeddings with views by the evaluation rule (the mean of the per-view softmax, fuse/inputs.py).
 """
 from __future__ import annotations
-
-import inspect
 
 import torch
 from torch import nn
 
-from data import AudioConfig, ClipError, VideoConfig, load_clip
+from data import ClipError, load_inputs
+from data.specs import spec_from_dict
 from extract.backbones import rebuild_backbone
-from extract.runner import embed_video
+from extract.registry import Extras
+from extract.runner import Roles, embed_inputs
 
-from .heads import Head, modality_of
+from .heads import Head
 from .inputs import HeadInputs, head_logits
 from .run import load_run
 
 
 class AlphaTransformer(nn.Module):
-    """``forward(video, fbank) -> logits``: the backbones' embeddings through the fusion head.
+    """``forward(video, audio) -> logits``: the backbones' embeddings through the fusion head.
 
-    The backbones are asked for exactly the embeddings the head reads (``head.input_names()``:
-    pooled ``video``/``audio``, or ``*_tokens``, ``*_layers``) through ``backbone.embed(**inputs)``
-    (see extract/registry.py), which returns ``{name: (B, ...)}``; an ``embed`` that takes a
-    ``names`` argument is told which. Backbones without ``embed`` give their pooled embedding
-    (TimeSformer: the mean over views, as extraction cached it). Embeddings that the training
-    cache recorded with views (``embedding_info``) are scored by the evaluation rule: the mean
-    of the per-view softmax (fuse/inputs.py), so the end-to-end model is the cached path.
+    ``roles``: {"video": backbone, "audio": backbone} or {"audiovisual": backbone}, as the cache's
+    ``backbones`` recorded them; ``video`` and ``audio`` are the inputs the cache's preprocessing
+    makes (frames (B, [views,] 3, T, H, W); fbank (B, T, 128) or TSAM's spectrogram image).
     """
 
-    def __init__(self, video_backbone: nn.Module, audio_backbone: nn.Module, head: Head,
-                 label_names: list[str] | None = None, preprocessing: dict | None = None,
-                 embedding_info: dict | None = None):
+    def __init__(self, roles: dict, head: Head, label_names: list[str] | None = None,
+                 preprocessing: dict | None = None, embedding_info: dict | None = None,
+                 extraction: dict | None = None):
         super().__init__()
-        self.video_backbone, self.audio_backbone, self.head = video_backbone, audio_backbone, head
+        self.backbones = nn.ModuleDict(roles)
+        self.head = head
         self.label_names = list(label_names or [])
-        self.preprocessing = preprocessing or {}
+        self.specs = {slot: spec_from_dict(slot, d) for slot, d in (preprocessing or {}).items()}
         self.embedding_info = dict(embedding_info or {})
+        names = head.input_names()
+        layers = (extraction or {}).get("layers")
+        self.extras = Extras(tokens=any(n.endswith("_tokens") for n in names),
+                             layers=(tuple(layers) if isinstance(layers, list) else layers)
+                             if any(n.endswith("_layers") for n in names) else None,
+                             dtype=(extraction or {}).get("dtype", "float16"))
 
-    def embed(self, video: torch.Tensor | None = None, fbank: torch.Tensor | None = None, **inputs) -> dict:
-        """The embeddings the head reads, by name, from the backbones' inputs (video (B, 3, T, H, W)
-        or (B, views, 3, T, H, W); fbank (B, input_tdim, 128); other named inputs as given)."""
-        inputs = {k: v for k, v in {"video": video, "fbank": fbank, **inputs}.items() if v is not None}
+    def embed(self, video: torch.Tensor, audio: torch.Tensor) -> dict:
+        """The embeddings the head reads, as the cache holds them (float16 ones rounded likewise)."""
+        out = embed_inputs(Roles(self.backbones.items()), {"video": video, "audio": audio}, self.extras)
         wanted = self.head.input_names()
-        out: dict[str, torch.Tensor] = {}
-        backbones = [("video", self.video_backbone)]
-        if self.audio_backbone is not self.video_backbone:
-            backbones.append(("audio", self.audio_backbone))
-        for modality, backbone in backbones:
-            names = [n for n in wanted if modality_of(n) == modality or backbone is self.audio_backbone is
-                     self.video_backbone]
-            if names:
-                out.update(_embed(backbone, modality, inputs, names, self.head.name))
-        return out
+        missing = [n for n in wanted if n not in out]
+        if missing:
+            raise ValueError(f"the backbones give {', '.join(out)}, not {', '.join(missing)}, which the "
+                             f"{self.head.name} head reads")
+        stored = torch.float16 if self.extras.dtype == "float16" else torch.float32
+        return {n: out[n].to(stored).float() if n.endswith(("_tokens", "_layers")) else out[n].float()
+                for n in wanted}
 
-    def forward(self, video: torch.Tensor | None = None, fbank: torch.Tensor | None = None, **inputs) -> torch.Tensor:
-        embeddings = self.embed(video, fbank, **inputs)
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        embeddings = self.embed(video, audio)
         views = {n: info["views"] for n, info in self.embedding_info.items()
                  if n in embeddings and (info or {}).get("views")}
         data = HeadInputs.from_tensors(embeddings, views=views)
         return head_logits(self.head, data, torch.arange(len(data), device=data.device))
 
     @classmethod
-    def from_run(cls, run_dir, video_checkpoint=None, audio_checkpoint=None, which: str = "best",
+    def from_run(cls, run_dir, checkpoints: dict | None = None, which: str = "best",
                  device: str = "cpu") -> "AlphaTransformer":
         """Rebuild the whole model from a run directory written by ``fuse_run``.
 
         The backbones come from what the cache recorded: random ones from their seed, pretrained
-        ones from their checkpoint (where extraction read it, unless given here), whose sha256
-        must match the cache's fingerprint.
+        ones from their checkpoint (``checkpoints[role]``, else where extraction read it), whose
+        sha256 must match the cache's fingerprint.
         """
         head, meta = load_run(run_dir, which)
-        sources = meta.get("sources") or {}
-        video = rebuild_backbone(meta["backbones"]["video"], video_checkpoint or sources.get("video"))
-        audio = rebuild_backbone(meta["backbones"]["audio"], audio_checkpoint or sources.get("audio"))
-        model = cls(video, audio, head, meta["label_names"], meta["preprocessing"], meta.get("embedding_info"))
+        given, sources = checkpoints or {}, meta.get("sources") or {}
+        roles = {role: rebuild_backbone(description, given.get(role) or sources.get(role))
+                 for role, description in meta["backbones"].items()}
+        model = cls(roles, head, meta["label_names"], meta["preprocessing"], meta.get("embedding_info"),
+                    meta.get("extraction"))
         return model.to(device).eval()
-
-    def video_config(self) -> VideoConfig:
-        return VideoConfig(**_tuples(self.preprocessing["video"]))
-
-    def audio_config(self) -> AudioConfig:
-        return AudioConfig(**self.preprocessing["audio"])
 
     @torch.inference_mode()
     def predict_files(self, paths, top_k: int = 5) -> list[dict]:
@@ -92,44 +89,16 @@ class AlphaTransformer(nn.Module):
         A file that cannot be read gives ``{"path", "error"}`` instead of stopping the others.
         """
         device = next(self.head.parameters()).device
-        video_cfg, audio_cfg = self.video_config(), self.audio_config()
         results = []
         for path in paths:
             try:
-                clip = load_clip(path, video_cfg, audio_cfg)
+                clip = load_inputs(path, self.specs["video"], self.specs["audio"])
             except ClipError as exc:
                 results.append({"path": str(path), "error": exc.reason})
                 continue
-            has_audio = clip.has_audio
             probs = torch.softmax(self(clip.video[None].to(device), clip.fbank[None].to(device)), dim=1)[0].cpu()
             top = probs.topk(min(top_k, len(probs)))
-            results.append({"path": str(path), "has_audio": has_audio,
+            results.append({"path": str(path), "has_audio": clip.has_audio,
                             "top": [{"label": self.label_names[i], "probability": float(p)}
                                     for p, i in zip(top.values.tolist(), top.indices.tolist())]})
         return results
-
-
-def _embed(backbone: nn.Module, modality: str, inputs: dict, names: list[str], head: str) -> dict:
-    """``names`` from one backbone: its ``embed(**inputs)``, or, for a backbone without one, its pooled output."""
-    if hasattr(backbone, "embed"):
-        params = inspect.signature(backbone.embed).parameters
-        accepted = list(backbone.input_specs(modality)) if hasattr(backbone, "input_specs") else list(params)
-        kwargs = {k: inputs[k] for k in accepted if k in inputs}
-        if "names" in params:
-            kwargs["names"] = names
-        got = backbone.embed(**kwargs)
-    elif modality == "video":
-        got = {"video": embed_video(backbone, inputs["video"])}
-    else:
-        got = {"audio": backbone(inputs["fbank"])}
-    missing = [n for n in names if n not in got]
-    if missing:
-        raise ValueError(f"the {modality} backbone gives {', '.join(got) or 'nothing'}, not {', '.join(missing)}, "
-                         f"which the {head} head reads; rebuild it with a backbone that gives them")
-    return {n: got[n] for n in names}
-
-
-def _tuples(config: dict) -> dict:
-    # JSON turned the config's tuples (mean, std) into lists; the dataclass wants them hashable.
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-

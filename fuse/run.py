@@ -259,6 +259,7 @@ def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
         "train_classes": sorted(seen),
         "backbones": train.backbones,
         "preprocessing": train.preprocessing,
+        "extraction": train.attrs.get("extraction", {}),   # tokens and layers: the end-to-end model asks the same
         "sources": train.attrs.get("sources", {}),   # where extraction read the checkpoints
         "cache_paths": {name: str(s.path) if s is not None and s.path is not None else None
                         for name, s in (("train", train), ("val", val), ("test", test))},

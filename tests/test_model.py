@@ -12,7 +12,7 @@ from data import ClipDataset, read_manifest
 from data.synth import write_clip
 from extract import CheckpointError, load_ast, load_timesformer
 from extract.runner import extract_split
-from fuse import TrainConfig, fuse_run, load_run
+from fuse import TrainConfig, fuse_run, load_run, split_logits
 from fuse.model import AlphaTransformer
 from tests.checkpoints import ast_state, save_pyth, timesformer_state
 from tests.conftest import REPO
@@ -21,23 +21,24 @@ PARITY_TOL = 1e-5
 
 
 def _cached_logits(run_dir, split):
+    """The cached path: the saved head on the cache's embeddings, with evaluation's views rule."""
     head, _ = load_run(run_dir)
     with torch.no_grad():
-        return head(torch.from_numpy(split.video), torch.from_numpy(split.audio))
+        return split_logits(head, split)
 
 
 def _end_to_end_logits(model, manifest, clip_ids):
     clips = [c for c in manifest.clips if c.clip_id in set(clip_ids)]
-    items = ClipDataset(clips, manifest.label_names, model.video_config(), model.audio_config())
+    items = ClipDataset(clips, manifest.label_names, model.specs["video"], model.specs["audio"])
     batch = items.collate([items[i] for i in range(len(items))])
     assert batch["clip_id"] == list(clip_ids)
     with torch.inference_mode():
         return model(batch["video"], batch["fbank"])
 
 
-def _extract_and_fuse(manifest, split, tmp_path, video_model, audio_model, cfg, crops=1, limit=None):
+def _extract_and_fuse(manifest, split, tmp_path, video_model, audio_model, cfg, crops=1, limit=None, **extract):
     summary = extract_split(manifest, split, tmp_path / "cache", video_model, audio_model, batch_size=4,
-                            workers=0, spatial_crops=crops, limit=limit)
+                            workers=0, spatial_crops=crops, limit=limit, **extract)
     features = read_split(summary.cache_path)
     fuse_run(features, None, None, cfg, tmp_path / "run")
     return features
@@ -56,9 +57,10 @@ def test_cached_path_equals_end_to_end_on_real_clips(subset_dir, tmp_path, trans
     assert (cached - end_to_end).abs().max() < PARITY_TOL
 
 
-def test_cached_path_equals_end_to_end_on_synthesized_clips(tmp_path):
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory):
     # Awkward but readable clips: odd and portrait sizes, no audio, 5.1 audio, variable frame rate.
-    root = tmp_path / "clips"
+    root = tmp_path_factory.mktemp("clips")
     write_clip(root / "odd.mp4", duration=1.0, size=(65, 33))
     write_clip(root / "portrait.mkv", duration=1.5, size=(36, 64), channels=2, sample_rate=48000)
     write_clip(root / "silent.mp4", duration=1.0, size=(48, 48), audio=False)
@@ -68,13 +70,38 @@ def test_cached_path_equals_end_to_end_on_synthesized_clips(tmp_path):
     names = ["odd.mp4", "portrait.mkv", "silent.mp4", "surround.mp4", "vfr.mp4", "short.mp4"]
     (root / "manifest.csv").write_text("path,label,split\n" + "".join(
         f"{n},{'ab'[i % 2]},train\n" for i, n in enumerate(names)))
-    manifest = read_manifest(root / "manifest.csv")
-    features = _extract_and_fuse(manifest, "train", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
-                                 TrainConfig(transform="scale", alpha=2.0, target="video", epochs=2, hidden=(16,)))
+    return read_manifest(root / "manifest.csv")
+
+
+# Every head, on a cache with tokens and layers (float32, so the comparison is exact in fp32).
+HEADS = [("concat", {}, dict(transform="scale", alpha=2.0, target="video")), ("gated", {}, {}), ("late", {}, {}),
+         ("bottleneck", {"dim": 16, "layers": 1, "bottlenecks": 2, "num_heads": 2}, {}), ("layers", {}, {})]
+
+
+@pytest.mark.parametrize("head, options, transform", HEADS, ids=[h[0] for h in HEADS])
+def test_every_head_cached_path_equals_end_to_end_on_synthesized_clips(synthesized, tmp_path, head, options,
+                                                                       transform):
+    cfg = TrainConfig(head=head, head_options=options, epochs=2, hidden=(16,), **transform)
+    features = _extract_and_fuse(synthesized, "train", tmp_path, load_timesformer(arch="tiny", num_frames=4),
+                                 load_ast(arch="tiny", input_tdim=256), cfg, tokens=True, layers="all",
+                                 token_dtype="float32")
     assert len(features) == 6 and not features.has_audio[features.clip_ids.index("silent")]
     model = AlphaTransformer.from_run(tmp_path / "run")
     cached = _cached_logits(tmp_path / "run", features)
-    assert (cached - _end_to_end_logits(model, manifest, features.clip_ids)).abs().max() < PARITY_TOL
+    assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < PARITY_TOL
+
+
+def test_float16_token_caches_agree_to_their_storage_precision(synthesized, tmp_path):
+    # The default storage: the end-to-end model rounds the tokens as the cache does; the rest of
+    # the difference is fp32 noise that can flip a float16 rounding (one float16 step, 1e-3).
+    cfg = TrainConfig(head="bottleneck", head_options={"dim": 16, "layers": 1, "bottlenecks": 2, "num_heads": 2},
+                      epochs=2)
+    features = _extract_and_fuse(synthesized, "train", tmp_path, load_timesformer(arch="tiny", num_frames=4),
+                                 load_ast(arch="tiny", input_tdim=256), cfg, tokens=True)
+    assert features.embeddings["video_tokens"].dtype == np.float16
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    cached = _cached_logits(tmp_path / "run", features)
+    assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < 1e-2
 
 
 def test_parity_with_checkpoints_and_three_views(subset_dir, tmp_path):
@@ -87,15 +114,16 @@ def test_parity_with_checkpoints_and_three_views(subset_dir, tmp_path):
     features = _extract_and_fuse(manifest, "test", tmp_path, video_model, audio_model,
                                  TrainConfig(transform="pos_scalar", target="video", epochs=2, hidden=(16,)),
                                  crops=3, limit=4)
+    assert features.video.shape == (len(features), 3, 64)
     model = AlphaTransformer.from_run(tmp_path / "run")
-    assert model.video_backbone.pretrained and model.video_config().spatial_crops == 3
+    assert model.backbones["video"].pretrained and model.specs["video"].spatial_crops == 3
     cached = _cached_logits(tmp_path / "run", features)
     assert (cached - _end_to_end_logits(model, manifest, features.clip_ids)).abs().max() < PARITY_TOL
 
     # Another file in the checkpoint's place is refused, naming it.
     torch.save(ast_state(dim=64, depth=2, seed=9), tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="other.pth: sha256 .* is not the checkpoint"):
-        AlphaTransformer.from_run(tmp_path / "run", audio_checkpoint=tmp_path / "other.pth")
+        AlphaTransformer.from_run(tmp_path / "run", {"audio": tmp_path / "other.pth"})
 
 
 def test_predict_command(subset_dir, tmp_path):
@@ -114,59 +142,3 @@ def test_predict_command(subset_dir, tmp_path):
         probs = [t["probability"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
         assert all(t["label"] in manifest.label_names for t in r["top"])
-
-
-# -- any head end to end ----------------------------------------------------------------------
-
-class TokenBackbone(torch.nn.Module):
-    """A stand-in for a registry backbone: ``embed(**inputs, names)`` gives a pooled embedding
-    (per view when ``views``) and tokens, from a fixed random projection of its input."""
-
-    def __init__(self, modality: str, in_dim: int, dim: int = 12, tokens: int = 4, views: int | None = None):
-        super().__init__()
-        self.modality, self.views, self.tokens = modality, views, tokens
-        self.proj = torch.nn.Linear(in_dim, dim * tokens)
-        self.input = "video" if modality == "video" else "fbank"
-
-    def input_specs(self, modality):
-        return {self.input: None}
-
-    def embed(self, names=None, **inputs):
-        x = inputs[self.input]
-        tokens = self.proj(x.flatten(1)).unflatten(1, (self.tokens, -1))
-        pooled = tokens.mean(1)
-        if self.views:
-            pooled = torch.stack([pooled + 0.5 * torch.sin(pooled * (v + 1)) for v in range(self.views)], dim=1)
-        out = {self.modality: pooled, f"{self.modality}_tokens": tokens}
-        return {k: v for k, v in out.items() if names is None or k in names}
-
-
-@pytest.mark.parametrize("head, views", [("bottleneck", None), ("gated", 3)])
-def test_any_head_end_to_end_equals_the_cached_path(tmp_path, head, views):
-    """The whole model (backbones' embed, the views rule, the head) gives the logits that the
-    cached embeddings give through evaluation."""
-    from cache import FeatureSplit
-    from fuse import split_logits
-
-    torch.manual_seed(0)
-    video_bb, audio_bb = TokenBackbone("video", 2 * 3 * 4, views=views), TokenBackbone("audio", 5 * 3)
-    n = 24
-    raw = {"video": torch.randn(n, 2, 3, 4), "fbank": torch.randn(n, 5, 3)}
-    with torch.no_grad():
-        embeddings = {**video_bb.embed(video=raw["video"]), **audio_bb.embed(fbank=raw["fbank"])}
-    labels = np.arange(n) % 3
-    info = {"video": {"views": views}} if views else {}
-    split = FeatureSplit("train", [f"c{i}" for i in range(n)], labels, label_names=["a", "b", "c"],
-                         embeddings={k: v.numpy() for k, v in embeddings.items()}, embedding_info=info)
-    options = {"dim": 8, "layers": 1, "bottlenecks": 2, "num_heads": 2} if head == "bottleneck" else {}
-    fuse_run(split, None, None, TrainConfig(head=head, head_options=options, epochs=2, hidden=(8,)), tmp_path / "run")
-    trained, meta = load_run(tmp_path / "run")
-    model = AlphaTransformer(video_bb, audio_bb, trained, meta["label_names"], embedding_info=meta["embedding_info"])
-    with torch.no_grad():
-        end_to_end = model(raw["video"], raw["fbank"])
-    assert (end_to_end - split_logits(trained, split)).abs().max() < PARITY_TOL
-    # A backbone that cannot give what the head reads is named.
-    plain = AlphaTransformer(torch.nn.Identity(), torch.nn.Identity(), trained)
-    if head == "bottleneck":
-        with pytest.raises(ValueError, match="not video_tokens, which the bottleneck head reads"):
-            plain(raw["video"], raw["fbank"])

@@ -84,6 +84,33 @@ def check_head_options(name: str, options: dict) -> dict:
     return entry.cls.check_options(dict(options))
 
 
+def parse_head_options(name: str, items) -> dict:
+    """``KEY=VALUE`` strings from the command line -> head ``name``'s options, typed like their
+    defaults, then validated by :func:`check_head_options`."""
+    entry = get_head(name)
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or key not in entry.options or key in SHARED_OPTIONS:
+            known = ", ".join(sorted(set(entry.options) - set(SHARED_OPTIONS))) or "none"
+            raise ValueError(f"head option {item!r}: head {name} takes KEY=VALUE with KEY one of {known}")
+        default = entry.options[key]
+        try:
+            if isinstance(default, bool):
+                value = {"true": True, "false": False}[text.lower()]
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float) or default is None:
+                value = float(text) if text.lower() != "none" else None
+            else:
+                value = text
+        except (KeyError, ValueError):
+            raise ValueError(f"head option {name}.{key} must be like {default!r}, got {text!r}") from None
+        options[key] = value
+    return check_head_options(name, options)
+
+
 def create_head(name: str, shapes: dict, num_classes: int, **options) -> Head:
     """Build head ``name`` for embeddings of per-clip ``shapes`` ({name: shape}) and ``num_classes``."""
     entry = get_head(name)
