@@ -208,6 +208,8 @@ def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoi
 @config_option
 @options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
          "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
+@click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
+              help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
 def grid(config, cache_dir, out, overwrite, **flags):
     """Train many heads on one cache: the paper's experiments or alpha sweeps, over seeds.
@@ -218,19 +220,20 @@ def grid(config, cache_dir, out, overwrite, **flags):
     intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
     target, or a bar chart per configuration.
     """
-    from fuse.commands import grid_command
+    from fuse.commands import grid_command, per_head_options
 
     s = settings(config, "grid")
     sweep = {k: s.get(k, flags[k], None)
              for k in ("preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights")}
     if (sweep["transforms"] or sweep["alphas"] or sweep["heads"]) and not flags["preset"]:
         sweep["preset"] = None
-    base = _train_config(s, {**flags, "head": None}, device="cpu")
+    base = _train_config(s, {**flags, "head": None, "head_options": None}, device="cpu")
     cache = Path(s.get("cache_dir", cache_dir))
     out_dir = s.get("out", out, None)
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
-                 method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo)
+                 method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
+                 head_options=per_head_options(flags["head_options"]))
 
 
 # ----------------------------------------------------------------------------- demo

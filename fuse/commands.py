@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -137,8 +138,22 @@ def predict_command(videos, run_dir: Path, top_k: int, checkpoints: dict, device
     return 1 if any("error" in r for r in results) else 0
 
 
+def per_head_options(items) -> dict[str, dict]:
+    """``HEAD.KEY=VALUE`` strings (the grid's --head-option) -> {head: its typed options}."""
+    from .heads import parse_head_options
+
+    grouped: dict[str, list[str]] = {}
+    for item in items or ():
+        name, dot, rest = item.partition(".")
+        if not dot or "=" not in rest:
+            raise ValueError(f"head option {item!r}: a grid takes HEAD.KEY=VALUE, e.g. bottleneck.dim=64")
+        grouped.setdefault(name.strip(), []).append(rest)
+    return {name: parse_head_options(name, values) for name, values in grouped.items()}
+
+
 def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: dict, *, seeds: int, jobs,
-                 method: str, overwrite: bool, echo: Echo = print, progress: bool = True):
+                 method: str, overwrite: bool, echo: Echo = print, progress: bool = True,
+                 head_options: dict | None = None):
     from tqdm import tqdm
 
     from .grid import configs_from_options, format_summary_table, run_grid
@@ -152,6 +167,11 @@ def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: 
     configs = configs_from_options(preset, sweep.get("transforms"), sweep.get("targets"), sweep.get("alphas"), seeds,
                                    base, sweep.get("learned"), heads=sweep.get("heads"),
                                    late_weights=sweep.get("late_weights"))
+    if head_options:
+        unused = sorted(set(head_options) - {c.head for c in configs})
+        if unused:
+            raise ValueError(f"head options for {', '.join(unused)}, which this grid does not train")
+        configs = [replace(c, head_options={**c.head_options, **head_options.get(c.head, {})}) for c in configs]
     train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
     val = optional_split(cache, "val")
     with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:

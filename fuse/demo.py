@@ -35,7 +35,12 @@ run_dir = "runs"
 [extract]
 workers = 2
 batch_size = 8
+tokens = true          # for the bottleneck head of the head comparison
+layers = "all"         # for the layers head
 """
+
+# The head comparison's bottleneck head, sized for a laptop demo (the default is MBT's d=256, 4 layers).
+DEMO_BOTTLENECK = {"dim": 32, "layers": 2, "bottlenecks": 4, "num_heads": 2}
 
 
 def run_demo(work: Path, seeds: int = 5, clips_per_class: int = 24, jobs: int | None = None,
@@ -61,7 +66,8 @@ def run_demo(work: Path, seeds: int = 5, clips_per_class: int = 24, jobs: int | 
     for split in manifest.splits:
         if not split_path(cache, split).exists():
             summary = extract_split(manifest, split, cache, video, audio, workers=s.get("workers"),
-                                    batch_size=s.get("batch_size"))
+                                    batch_size=s.get("batch_size"), tokens=s.get("tokens"),
+                                    layers=s.get("layers", None, None))
             echo(format_summary(summary))
 
     runs = Path(s.get("run_dir"))
@@ -78,14 +84,25 @@ def run_demo(work: Path, seeds: int = 5, clips_per_class: int = 24, jobs: int | 
         _, table = grid_command(cache, grid_dir, runs, TrainConfig(), {"preset": "paper"}, seeds=seeds, jobs=jobs,
                                 method="auto", overwrite=True, echo=lambda _: None)
         atomic_write_text(grid_dir / "table.txt", table + "\n")
-    report = write_report(work, grid_dir, single, table, arch, pretrained)
+    heads_dir = runs / "grid-heads"
+    if (heads_dir / "summary.json").exists() and (heads_dir / "table.txt").exists():
+        heads_table = (heads_dir / "table.txt").read_text()
+    else:
+        _, heads_table = grid_command(cache, heads_dir, runs, TrainConfig(),
+                                      {"heads": "concat,gated,late,bottleneck,layers"}, seeds=min(seeds, 3),
+                                      jobs=jobs, method="auto", overwrite=True, echo=lambda _: None,
+                                      head_options={"bottleneck": DEMO_BOTTLENECK})
+        atomic_write_text(heads_dir / "table.txt", heads_table + "\n")
+    report = write_report(work, grid_dir, heads_dir, single, table, heads_table, arch, pretrained)
     echo(table)
-    echo(f"\nplots: {grid_dir / 'preset_bars.png'}, {single / 'learning_curves.png'}, "
-         f"{single / 'confusion_matrix.png'}\nreport: {report}")
+    echo("\n" + heads_table)
+    echo(f"\nplots: {grid_dir / 'preset_bars.png'}, {heads_dir / 'preset_bars.png'}, "
+         f"{single / 'learning_curves.png'}, {single / 'confusion_matrix.png'}\nreport: {report}")
     return report
 
 
-def write_report(work: Path, grid_dir: Path, single: Path, table: str, arch: str, pretrained: bool) -> Path:
+def write_report(work: Path, grid_dir: Path, heads_dir: Path, single: Path, table: str, heads_table: str, arch: str,
+                 pretrained: bool) -> Path:
     metrics = json.loads((single / "metrics.json").read_text())
     weights = "pretrained checkpoints" if pretrained else f"**{arch} backbones with random weights**"
     text = f"""# alphafuse demo
@@ -101,6 +118,19 @@ from {weights}.
 ```
 
 ![test accuracy per configuration]({(grid_dir / 'preset_bars.png').relative_to(work)})
+
+## Fusion heads compared, {heads_dir.name}
+
+The same seeds and test clips for every head: the paper's concatenation (`none`), learned
+gates, late fusion of two heads' logits, MBT-style bottleneck attention over cached tokens
+(a small one: {DEMO_BOTTLENECK}), and a weighted sum over cached layers.
+"no video"/"no audio": test top-1 with that modality's input zeroed.
+
+```
+{heads_table}
+```
+
+![test accuracy per head]({(heads_dir / 'preset_bars.png').relative_to(work)})
 
 ## One head: neg_scalar on the AST embedding
 
