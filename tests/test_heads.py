@@ -72,7 +72,7 @@ def batch_of(split, names, rows=slice(0, 7)):
 # -- registry ---------------------------------------------------------------------------------
 
 def test_registry_names_help_defaults_and_needs():
-    assert head_names() == ["bottleneck", "concat", "gated", "late", "layers"]
+    assert head_names() == ["bottleneck", "concat", "gated", "late", "layers", "probe"]
     assert all(text and "\n" not in text for text in head_help().values())
     assert head_defaults("bottleneck") == {"dim": 256, "layers": 4, "bottlenecks": 4, "num_heads": 4,
                                            "mlp_ratio": 4.0, "block_dropout": 0.1, "modality_dropout": 0.0}

@@ -142,3 +142,19 @@ def test_predict_command(subset_dir, tmp_path):
         probs = [t["probability"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
         assert all(t["label"] in manifest.label_names for t in r["top"])
+
+
+@pytest.mark.parametrize("head, options, hidden", [("probe", {"input": "joint"}, ()), ("concat", {}, (16,))])
+def test_cavmae_heads_cached_path_equals_end_to_end(synthesized, tmp_path, head, options, hidden):
+    # CAV-MAE's per-frame video and joint embeddings (10 views): a linear probe on joint, and the
+    # paper's head on audio and frame-averaged video; evaluation averages the frames' softmax.
+    from extract import load_cavmae
+    summary = extract_split(synthesized, "train", tmp_path / "cache", backbone=load_cavmae(arch="tiny", audio_length=128),
+                            batch_size=3, workers=0)
+    features = read_split(summary.cache_path)
+    fuse_run(features, None, None, TrainConfig(head=head, head_options=options, epochs=2, hidden=hidden),
+             tmp_path / "run")
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    assert set(model.backbones) == {"audiovisual"}
+    cached = _cached_logits(tmp_path / "run", features)
+    assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < PARITY_TOL
