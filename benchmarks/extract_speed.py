@@ -27,30 +27,14 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import matmul_gflops, sync
+
 from data import ClipDataset, read_manifest
 from extract import create_backbone
 from extract.registry import Extras
 from extract.runner import PRECISIONS, Roles, embed_batch, extract_split
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_gflops(device, dtype=torch.float32, n=4096, repeats=5) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def roles_for(pair: str, arch: str) -> Roles:
@@ -135,7 +119,7 @@ def main():
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "arch": args.arch, "clips": len(clips), "workers": args.workers, "batch_size": args.batch_size,
               "torch_threads": torch.get_num_threads(),
-              "matmul_gflops": {p: matmul_gflops(device, PRECISIONS[p] or torch.float32) for p in precisions}}
+              "matmul_gflops": {p: matmul_gflops(device, dtype=PRECISIONS[p] or torch.float32) for p in precisions}}
     for pair in args.pairs.split(","):
         roles = roles_for(pair, args.arch)
         specs = roles.specs()

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache import FeatureSplit, write_split  # noqa: E402
@@ -85,7 +87,7 @@ def large_throughput(repeats: int, device: str, n: int = 180_000, num_classes: i
     train_epoch(model, optimizer, data, batch, gen, max_steps=3)  # warm-up
     rates = []
     for _ in range(repeats):
-        _sync(dev)
+        common.sync(dev)
         started = time.perf_counter()
         train_epoch(model, optimizer, data, batch, gen, max_steps=steps)  # .item() syncs
         rates.append(steps * batch / (time.perf_counter() - started))
@@ -98,23 +100,8 @@ def large_throughput(repeats: int, device: str, n: int = 180_000, num_classes: i
             "gflops": round(samples_per_s * flops / 1e9, 2)}
 
 
-def matmul_gflops(repeats: int, device: str, size: int = 2048) -> dict:
-    dev = torch.device(device)
-    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
-    a @ b  # warm-up
-    times = []
-    for _ in range(max(repeats, 5)):
-        _sync(dev)
-        started = time.perf_counter()
-        a @ b
-        _sync(dev)
-        times.append(time.perf_counter() - started)
-    return {"size": size, "gflops": round(2 * size ** 3 / statistics.median(times) / 1e9, 2)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def matmul_gflops_entry(repeats: int, device: str, size: int = 2048) -> dict:
+    return {"size": size, "gflops": round(common.matmul_gflops(device, size, repeats=max(repeats, 5)), 2)}
 
 
 def main() -> None:
@@ -129,7 +116,7 @@ def main() -> None:
         "load_average_before": round(os.getloadavg()[0], 2),
         "fuse_100_clips": small_fuse(args.repeats, args.device),
         "train_180k_batch256": large_throughput(args.repeats, args.device),
-        "matmul_fp32": matmul_gflops(args.repeats, args.device),
+        "matmul_fp32": matmul_gflops_entry(args.repeats, args.device),
     }
     large, matmul = result["train_180k_batch256"], result["matmul_fp32"]
     large["share_of_matmul"] = round(large["gflops"] / matmul["gflops"], 3)

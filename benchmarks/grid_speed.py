@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache import FeatureSplit, write_split  # noqa: E402
@@ -203,51 +205,8 @@ def _test_top1(model, test: FeatureSplit) -> float:
     return score(logits, test.labels, test.num_classes)["top1"]
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 5) -> dict:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    gflops = 2 * size ** 3 / statistics.median(times) / 1e9
-    return {"size": size, "threads": torch.get_num_threads(), "gflops": round(gflops, 1)}
-
-
-# ----------------------------------------------------------------------------- (d)
-
-def notebook_cost(preset: dict, clips: int = 2) -> dict:
-    from extract import load_ast, load_timesformer
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # random weights: the warning says so
-        video_model, audio_model = load_timesformer(seed=0), load_ast(seed=0)
-    per_clip = {}
-    with torch.inference_mode():
-        for name, model, shape in (("timesformer", video_model, (1, 3, 8, 224, 224)),
-                                   ("ast", audio_model, (1, 1024, 128))):
-            x = torch.randn(*shape)
-            model(x)  # warm-up
-            times = []
-            for _ in range(clips):
-                started = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - started)
-            per_clip[name] = statistics.median(times)
-    both = sum(per_clip.values())
-    n = preset["clips"]
-    epochs = 25
-    # Every head re-embeds its training and validation clips every epoch, and the test clips once.
-    notebook_s = preset["heads"] * (epochs * (n["train"] + n["val"]) + n["test"]) * both
-    extraction_s = (n["train"] + n["val"] + n["test"]) * both
-    grid_s = min(v for k, v in preset.items() if k.endswith("_wall_s"))
-    return {"timed_clips": clips, "threads": torch.get_num_threads(),
-            "forward_s_per_clip": {k: round(v, 2) for k, v in per_clip.items()},
-            "notebook_s": round(notebook_s), "notebook_hours": round(notebook_s / 3600, 1),
-            "extract_once_s": round(extraction_s, 1), "grid_s": grid_s,
-            "extract_plus_grid_s": round(extraction_s + grid_s, 1),
-            "ratio": round(notebook_s / (extraction_s + grid_s), 1)}
+def matmul_gflops_entry(size: int = 4096) -> dict:
+    return {"size": size, "threads": torch.get_num_threads(), "gflops": round(common.matmul_gflops("cpu", size), 1)}
 
 
 def main() -> None:
@@ -269,7 +228,7 @@ def main() -> None:
         if not args.skip_sweep:
             splits = big_splits(tmp, args.sweep_clips, 309, 768)
             result["b_sweep"] = big_sweep(splits, args.sweep_epochs, args.sweep_batch, methods, tmp)
-            result["b_matmul_fp32"] = matmul_gflops()
+            result["b_matmul_fp32"] = matmul_gflops_entry()
             for method in methods:
                 result["b_sweep"][f"{method}_share_of_matmul"] = round(
                     result["b_sweep"][f"{method}_gflops"] / result["b_matmul_fp32"]["gflops"], 3)

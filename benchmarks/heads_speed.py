@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache import FeatureSplit, read_split, write_split  # noqa: E402
@@ -129,15 +131,8 @@ def bottleneck_throughput(n: int, batch: int, steps: int, lazy: bool, tmp: Path)
             "gflop_per_sample": round(flops / 1e9, 3), "gflops": round(samples_per_s * flops / 1e9, 2)}
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> dict:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return {"size": size, "gflops": round(2 * size ** 3 / statistics.median(times) / 1e9, 2)}
+def matmul_gflops_entry(size: int = 2048) -> dict:
+    return {"size": size, "gflops": round(common.matmul_gflops("cpu", size), 2)}
 
 
 def main() -> None:
@@ -162,7 +157,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result["b_bottleneck_throughput"] = bottleneck_throughput(args.clips, args.batch, args.steps, args.lazy,
                                                                       Path(tmp))
-        result["b_matmul_fp32"] = matmul_gflops()
+        result["b_matmul_fp32"] = matmul_gflops_entry()
         result["b_bottleneck_throughput"]["share_of_matmul"] = round(
             result["b_bottleneck_throughput"]["gflops"] / result["b_matmul_fp32"]["gflops"], 3)
     result["load_average_after"] = round(os.getloadavg()[0], 2)

@@ -18,12 +18,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import sync
 from extract import load_tsam, load_tsm
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def gflop_per_clip(fn, inputs) -> float:
@@ -48,10 +44,10 @@ def bench(model, make_inputs, batches, repeats, device):
             for _ in range(repeats):
                 for name, fmt in formats.items():
                     model.to(memory_format=fmt)
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     model.embed(*inputs)
-                    _sync(device)
+                    sync(device)
                     times[name].append(time.perf_counter() - start)
         model.to(memory_format=torch.channels_last)      # as loaded
         entry = {}

@@ -24,6 +24,9 @@ TMP_SUFFIX = ".tmp"
 class WriteError(OSError):
     """A file could not be written (full disk, read-only folder, ...): one line naming the file."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def tmp_path(path: str | os.PathLike) -> Path:
     path = Path(path)
@@ -38,33 +41,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     exception the temporary file is removed and the exception propagates; an OSError becomes
     a :class:`WriteError` naming ``path``.
     """
-    path = Path(path)
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    tmp = tmp_path(path)
-    try:
+    path = Path(path)
+    with _committing(path) as tmp:
         with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            raise WriteError(exc.errno, f"cannot write {path}: {describe_os_error(exc)}") from exc
-        raise
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Atomically create ``path`` with ``write(tmp_path)`` for writers that open files themselves
     (h5py). The temporary file is fsynced, renamed into place and the folder fsynced."""
     path = Path(path)
-    tmp = tmp_path(path)
-    try:
+    with _committing(path) as tmp:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+    return path
+
+
+@contextmanager
+def _committing(path: Path) -> Iterator[Path]:
+    """The temporary name to write; renamed over ``path`` (folder fsynced) when the block ends
+    well, removed when it raises. An OSError becomes a WriteError naming ``path``."""
+    tmp = tmp_path(path)
+    try:
+        yield tmp
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:
@@ -72,7 +76,6 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) ->
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise WriteError(exc.errno, f"cannot write {path}: {describe_os_error(exc)}") from exc
         raise
-    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -107,8 +107,13 @@ def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, d
         raise FileNotFoundError(f"{path} not found; point to a run directory written by fuse_run")
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    if saved.get("format") not in READABLE_FORMATS:
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:   # empty, truncated, not a torch file, or holding code (refused)
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ValueError(f"{path}: not a readable run file (empty, truncated or foreign: {detail})") from None
+    if not isinstance(saved, dict) or saved.get("format") not in READABLE_FORMATS:
+        saved = saved if isinstance(saved, dict) else {}
         raise ValueError(f"{path} has run format {saved.get('format')!r}; this alphafuse reads "
                          f"{', '.join(map(str, READABLE_FORMATS))}")
     model = head_from_config(saved["head_config"])
