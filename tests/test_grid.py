@@ -61,6 +61,21 @@ def comparable(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "train_seconds"}
 
 
+# Stacked heads run batched matmuls (bmm), single heads plain ones (mm): different BLAS kernels,
+# equal on one CPU but not by construction, so they are compared within float32 tolerance.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def assert_rows_close(a: dict, b: dict, what="") -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            assert np.isclose(x, y, rtol=RTOL, atol=ATOL, equal_nan=True), (what, key, x, y)
+        else:
+            assert x == y, (what, key, x, y)
+
+
 # -- configuration lists ---------------------------------------------------------------------
 
 def test_parse_alphas_ranges_include_the_stop_without_float_drift():
@@ -292,8 +307,8 @@ def test_evaluation_does_not_depend_on_the_thread_count(threads):
         assert torch.equal(model.eval()(video, audio), logits)   # one thread here too: the same arithmetic
 
 
-def test_joblib_and_vectorized_give_identical_results(splits, preset, tmp_path):
-    """Tolerance: none. Both reproduce train_head bit for bit on CPU (see fuse/train.py)."""
+def test_joblib_and_vectorized_give_the_same_results(splits, preset, tmp_path):
+    """Within float32 tolerance (RTOL, ATOL): the two run different matmul kernels."""
     _, vectorized = preset
     assert vectorized.method == "vectorized"   # auto, for heads this small
     configs = [c for c in paper_preset(seeds=2, base=SMALL) if c.seed == 1 or c.transform == "sqrt"]
@@ -303,12 +318,13 @@ def test_joblib_and_vectorized_give_identical_results(splits, preset, tmp_path):
     assert [c[:2] for c in calls] == [(i, len(configs)) for i in range(1, len(configs) + 1)]
     by_key = {(r["config"], r["seed"]): comparable(r) for r in vectorized.rows}
     for row, predicted in zip(joblib.rows, joblib.predicted):
-        assert comparable(row) | {"config_id": 0} == by_key[(row["config"], row["seed"])] | {"config_id": 0}
+        assert_rows_close(comparable(row) | {"config_id": 0}, by_key[(row["config"], row["seed"])] | {"config_id": 0},
+                          row["config"])
         i = next(i for i, r in enumerate(vectorized.rows) if (r["config"], r["seed"]) == (row["config"], row["seed"]))
         np.testing.assert_array_equal(predicted, vectorized.predicted[i])
 
 
-def test_stacked_training_reproduces_train_head_bit_for_bit(splits, threads):
+def test_stacked_training_reproduces_train_head(splits, threads):
     train, val, _ = splits
     base = replace(SMALL, epochs=3, dropout=0.5)
     configs = [replace(base, transform=t, target=g, alpha=a, seed=s, modalities=m) for t, g, a, s, m in [
@@ -319,11 +335,15 @@ def test_stacked_training_reproduces_train_head_bit_for_bit(splits, threads):
     torch.set_num_threads(1)
     for cfg, stacked in zip(configs, train_heads_stacked(train, val, configs)):
         single = train_head(train, val, cfg)
-        assert stacked.history == single.history, describe(cfg)
+        assert len(stacked.history) == len(single.history)
+        for a, b in zip(stacked.history, single.history):
+            assert_rows_close(a, b, describe(cfg))
         assert stacked.best_epoch == single.best_epoch
         for which in ("best_state_dict", "last_state_dict"):
             a, b = getattr(stacked, which), getattr(single, which)
-            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (describe(cfg), which)
+            assert a.keys() == b.keys(), (describe(cfg), which)
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL, msg=f"{describe(cfg)} {which} {k}")
 
 
 def test_sweep_draws_the_alpha_curve_and_reports_learned_alpha(splits, tmp_path):
