@@ -6,15 +6,20 @@ error a user can cause ends in one line naming the flag, key, file or clip; Ctrl
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
+import signal
 import sys
-from pathlib import Path
 
-import click
+# The imports below take seconds (torch, the registries); Ctrl-C meanwhile exits 130 quietly,
+# as it does later (run() puts Python's own handler back before any work starts).
+signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
-from settings import DEFAULT_CONFIG, SETTINGS, SettingError, Settings, flag
+import json  # noqa: E402
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from settings import DEFAULT_CONFIG, SETTINGS, SettingError, Settings, flag  # noqa: E402
 
 log = logging.getLogger("alphafuse")
 
@@ -304,6 +309,7 @@ def run() -> None:
     from extract import CheckpointError
 
     verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main(standalone_mode=False)
     except click.ClickException as exc:

@@ -1,4 +1,10 @@
-"""Every bad input a user can type ends in one line naming the flag, key or file: never a traceback."""
+"""Every bad input a user can type ends in one line naming the flag, key or file: never a traceback.
+
+The commands run in this process through the console entry point (cli.run), which is what a
+user's shell calls; one test runs a real process, for Ctrl-C.
+"""
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -10,23 +16,42 @@ import pytest
 from tests.conftest import REPO
 
 
-def _run(args, cwd, timeout=120):
-    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch, capsys):
+    (tmp_path / "m.csv").write_text("path,label,split\na.mp4,x,train\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _run(args, cwd):
+    """The console entry point in this process (the imports are paid once): exit code and stderr."""
+    import cli
+
+    old_argv = sys.argv
+    sys.argv = ["alphafuse", *args]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                cli.run()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.argv = old_argv
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    return Result(code, err.getvalue())
 
 
 def _error_line(proc) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
     assert proc.returncode not in (0, 130) and len(lines) == 1, proc.stderr
     return lines[0]
-
-
-@pytest.fixture
-def work(tmp_path):
-    (tmp_path / "m.csv").write_text("path,label,split\na.mp4,x,train\n")
-    return tmp_path
 
 
 @pytest.mark.parametrize("toml, message", [

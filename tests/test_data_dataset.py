@@ -102,7 +102,7 @@ def test_unexpected_errors_become_item_errors(clips, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("surprise\nsecond line")
 
-    monkeypatch.setattr(dataset_module, "load_clip", boom)
+    monkeypatch.setattr(dataset_module, "load_inputs", boom)
     item = ClipDataset(clips[:1], ["even", "odd"])[0]
     assert item["error"] == "unexpected RuntimeError: surprise second line"
     assert "surprise" in caplog.text  # logged with its traceback for whoever debugs it

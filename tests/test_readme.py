@@ -40,6 +40,10 @@ def test_runnable_blocks_run_as_written(subset_dir, tmp_path):
     assert (work / "subset-cache" / "train.h5").exists()
     assert (work / "subset-runs" / "neg" / "metrics.json").exists()
     assert (work / "subset-grid" / "results.csv").exists()
+    assert (work / "subset-heads" / "summary.json").exists()
+    assert (work / "subset-runs" / "cavmae-probe" / "metrics.json").exists()
+    for cache in ("subset-tsm", "subset-tsam", "subset-views"):
+        assert (work / cache / "train.h5").exists(), cache
 
 
 def test_quick_start_is_two_commands():
