@@ -31,7 +31,6 @@ from common import matmul_gflops, sync
 
 from data import ClipDataset, read_manifest
 from extract import create_backbone
-from extract.registry import Extras
 from extract.runner import PRECISIONS, Roles, embed_batch, extract_split
 
 REPO = Path(__file__).resolve().parent.parent

@@ -48,7 +48,6 @@ Input pipeline (:data:`PREPROCESSING`; the reference files and functions, in ord
 """
 from __future__ import annotations
 
-import copy
 import logging
 import numbers
 

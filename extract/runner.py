@@ -287,17 +287,6 @@ def _extract_views(model, modality: str, inputs: dict, extras: Extras) -> dict:
     return {name: value.unflatten(0, (-1, views)) for name, value in out.items()}
 
 
-def embed_video(video_model, video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) -> (B, D); (B, views, 3, T, H, W) -> one embedding per view, (B, views, D).
-
-    Views are kept apart: evaluation averages the views' scores (TimeSformer's multi-view test).
-    """
-    if video.ndim == 6:
-        views = video.shape[1]
-        return video_model(video.flatten(0, 1)).unflatten(0, (-1, views))
-    return video_model(video)
-
-
 def _quiet_worker(_worker_id: int) -> None:
     # Ctrl-C goes to the whole process group; workers keep decoding so the main process can
     # finish its batch and stop cleanly. One torch thread each: the workers are the parallelism.
