@@ -6,7 +6,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score
 
 
 def score(outputs, labels, num_classes: int, *, probs: bool = False,
@@ -34,6 +33,8 @@ def score(outputs, labels, num_classes: int, *, probs: bool = False,
     names = list(label_names) if label_names is not None else [str(c) for c in range(num_classes)]
     support = np.bincount(labels, minlength=num_classes)
     correct = np.bincount(labels, weights=hit1, minlength=num_classes)
+    from sklearn.metrics import average_precision_score   # here: sklearn takes a second to import
+
     ap = {c: float(average_precision_score(labels == c, p[:, c])) for c in np.flatnonzero(support)}
     per_class = {
         names[c]: {

@@ -11,7 +11,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import confusion_matrix
 
 # Above this many classes, the cells are not annotated with counts (they would be unreadable).
 _ANNOTATE_MAX = 20
@@ -43,6 +42,8 @@ def confusion_matrix_plot(labels, predicted, label_names: Sequence[str], path, t
     """
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     present = np.union1d(labels, predicted)
+    from sklearn.metrics import confusion_matrix   # here: sklearn takes a second to import
+
     counts = confusion_matrix(labels, predicted, labels=present)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(present)
