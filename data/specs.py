@@ -17,7 +17,7 @@ import torch
 
 from .audio import AudioConfig
 from .tsam_audio import IMAGE_SIZE, load_tsam_spectrogram
-from .tsn import load_tsam_frames, load_tsm_frames
+from .tsn import decode_tsm_frames, load_tsam_frames, tsm_test_views
 from .video_config import VideoConfig
 
 
@@ -36,29 +36,46 @@ class _Spec:
         return cls(**d)
 
 
+# TSM's multi-clip tests (ops/dataset.py _get_test_indices): twice_sample is 2 clips, dense 10.
+TSM_CLIPS = {1: {}, 2: {"twice_sample": True}, 10: {"dense": True}}
+
+
 @dataclass(frozen=True)
 class TSMFrames(_Spec):
-    """TSM's test input (data/tsn.py load_tsm_frames): one frame per segment, ImageNet-normalised,
-    one centre crop or three full-resolution crops (views)."""
+    """TSM's test input (data/tsn.py): one frame per segment, ImageNet-normalised, one centre
+    crop or three full-resolution crops; ``temporal_views`` 1, 2 (``twice_sample``) or 10
+    (``dense_sample``) clips. Views come temporal-major: (K * crops, 3, T, S, S)."""
 
     kind: ClassVar[str] = "tsm_frames"
     num_segments: int = 8
     test_crops: int = 1
     full_res: bool = False
+    temporal_views: int = 1
+
+    def __post_init__(self):
+        if self.temporal_views not in TSM_CLIPS:
+            raise ValueError(f"TSM's test takes 1, 2 (twice_sample) or 10 (dense_sample) clips, "
+                             f"got temporal views {self.temporal_views!r}")
 
     @property
     def views(self) -> int:
-        return self.test_crops
+        return self.temporal_views * self.test_crops
 
     @property
     def output_shape(self) -> tuple:
         size = 256 if self.full_res else 224
         one = (3, self.num_segments, size, size)
-        return one if self.test_crops == 1 else (self.test_crops,) + one
+        return one if self.views == 1 else (self.views,) + one
 
     def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
-        return load_tsm_frames(path, self.num_segments, self.test_crops, self.full_res, clip_id=clip_id,
-                               threads=threads)
+        frames = decode_tsm_frames(path, self.num_segments, clip_id=clip_id, threads=threads,
+                                   **TSM_CLIPS[self.temporal_views])
+        k, t = self.temporal_views, self.num_segments
+        clips = [tsm_test_views(frames[i * t:(i + 1) * t], test_crops=self.test_crops, full_res=self.full_res)
+                 for i in range(k)]
+        if self.views == 1:
+            return clips[0]
+        return torch.cat([c if self.test_crops > 1 else c[None] for c in clips])
 
 
 @dataclass(frozen=True)

@@ -100,8 +100,11 @@ class Roles(dict):
         if "video" in specs and (temporal_views != 1 or sampling):
             if not isinstance(specs["video"], VideoConfig):
                 name = next(m.backbone_name for m in self.values() if hasattr(m, "backbone_name"))
-                raise ValueError(f"the {name} backbone samples its frames by its own reference rule; temporal "
-                                 f"views and another sampling rule are for timesformer and cavmae-style inputs")
+                if sampling or not hasattr(specs["video"], "temporal_views"):
+                    raise ValueError(f"the {name} backbone samples its frames by its own reference rule: "
+                                     + ("no other sampling rule" if sampling else "no temporal views"))
+                specs["video"] = replace(specs["video"], temporal_views=temporal_views)
+                return specs
             changes = {"temporal_views": temporal_views, **({"sampling": sampling, "sampling_options": {}}
                                                            if sampling else {})}
             specs["video"] = replace(specs["video"], **changes)

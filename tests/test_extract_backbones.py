@@ -134,3 +134,23 @@ def test_tsam_cache_gives_its_classifier_from_the_embeddings(clips, tmp_path):
         from_cache = model.classify_from_embeddings(torch.from_numpy(cache.video), torch.from_numpy(cache.audio))
     np.testing.assert_allclose(cache.embeddings["logits"], logits.numpy(), atol=TOL, rtol=0)
     np.testing.assert_allclose(from_cache.numpy(), logits.numpy(), atol=TOL, rtol=0)
+
+
+def test_tsm_two_clips_three_crops_are_six_views_temporal_major(long_clips, tmp_path):
+    from data.specs import TSMFrames
+    from extract import load_tsm
+    video = load_tsm(num_segments=4, arch="tiny")
+    audio = load_ast(arch="tiny", input_tdim=128)
+    cache = read_split(extract_split(long_clips, "train", tmp_path, video, audio, workers=0, spatial_crops=3,
+                                     temporal_views=2).cache_path)
+    assert cache.video.shape == (2, 6, 512) and cache.embedding_info["video"]["views"] == 6
+    spec = TSMFrames(num_segments=4, test_crops=3, temporal_views=2)
+    clip = long_clips.split("train")[0]
+    frames = spec.load(clip.path, clip.clip_id)
+    assert frames.shape == spec.output_shape == (6, 3, 4, 224, 224)
+    # twice_sample's second clip starts at each segment's beginning: other frames than the first's.
+    assert (frames[0] - frames[3]).abs().max() > 1e-3
+    with torch.no_grad():
+        np.testing.assert_allclose(cache.video[0], video.embed(frames)["video"].numpy(), atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match=r"1, 2 \(twice_sample\) or 10 \(dense_sample\) clips"):
+        TSMFrames(temporal_views=3)
