@@ -71,7 +71,22 @@ def main(verbose):
 
 # ----------------------------------------------------------------------------- extract
 
-@main.command()
+class _BackbonesEpilog(click.Command):
+    """Lists the registered backbones, what they encode and their options, under --help."""
+
+    def format_epilog(self, ctx, formatter):
+        from extract import backbone_names, get_backbone
+
+        rows = []
+        for name in backbone_names():
+            entry = get_backbone(name)
+            options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
+            rows.append((name, f"{entry.modality}: {entry.help}. Options: {options}"))
+        with formatter.section("Backbones (--video-backbone, --audio-backbone, --backbone; --backbone-opt KEY=VALUE)"):
+            formatter.write_dl(rows)
+
+
+@main.command(cls=_BackbonesEpilog)
 @config_option
 @options("manifest", "video_root", "cache_dir", "splits", "video_backbone", "audio_backbone", "backbone",
          "video_checkpoint", "audio_checkpoint", "checkpoint", "backbone_config", "trust_checkpoint", "arch", "seed", "spatial_crops",
