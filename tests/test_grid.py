@@ -273,9 +273,10 @@ def test_preset_end_to_end_writes_results_summary_and_plots(preset):
 def test_grid_rows_equal_single_fuse_runs(splits, preset, tmp_path):
     """What `cli.py fuse` reports for a configuration and seed is what the grid reports.
 
-    Bit-identity holds where the arithmetic is identical by construction: the grid's workers
-    train on one thread, so the single runs here do too (with more threads, MKL splits a
-    matmul's sums differently and the numbers move in the 8th digit on some CPUs)."""
+    The grid's workers train on one thread, so the single runs here do too. The preset's small
+    heads are trained stacked (batched matmuls) and the single runs one at a time (plain ones):
+    other BLAS kernels, so losses and mAP are compared within RTOL/ATOL; the predictions, and so
+    top-1, top-5 and the best epoch, must agree exactly."""
     _, result = preset
     train, val, test = splits
     picked = [r for r in result.rows if (r["transform"], r["target"], r["seed"]) in
@@ -287,9 +288,10 @@ def test_grid_rows_equal_single_fuse_runs(splits, preset, tmp_path):
         with single_thread():
             metrics = fuse_run(train, val, test, cfg, tmp_path / f"run{len(list(tmp_path.iterdir()))}")
         assert row["test_top1"] == metrics["test"]["top1"] and row["test_top5"] == metrics["test"]["top5"]
-        assert row["test_map"] == metrics["test"]["map"] and row["test_loss"] == metrics["test"]["loss"]
-        assert row["val_top1"] == metrics["val"]["top1"] and row["val_loss"] == metrics["val"]["loss"]
-        assert row["best_epoch"] == metrics["best_epoch"]
+        assert row["val_top1"] == metrics["val"]["top1"] and row["best_epoch"] == metrics["best_epoch"]
+        for got, want in ((row["test_map"], metrics["test"]["map"]), (row["test_loss"], metrics["test"]["loss"]),
+                          (row["val_loss"], metrics["val"]["loss"])):
+            assert np.isclose(got, want, rtol=RTOL, atol=ATOL), (row["config"], got, want)
 
 
 def test_evaluation_does_not_depend_on_the_thread_count(threads):
