@@ -9,6 +9,24 @@ from __future__ import annotations
 import signal
 import sys
 
+if __name__ in ("__main__", "__mp_main__") and not __package__:
+    # `python cli.py ...` (or torchrun cli.py) from a checkout: this folder is the package
+    # alphafuse, installed or not. Register it under that name and run the package's CLI, so the
+    # command line is defined once (alphafuse.cli) and never imported twice under two names.
+    import importlib.util
+    from pathlib import Path as _Path
+
+    _root = _Path(__file__).resolve().parent
+    if "alphafuse" not in sys.modules:
+        _spec = importlib.util.spec_from_file_location("alphafuse", _root / "__init__.py",
+                                                       submodule_search_locations=[str(_root)])
+        sys.modules["alphafuse"] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules["alphafuse"])
+    if __name__ == "__main__":
+        from alphafuse.cli import run as _run
+        _run()
+        sys.exit(0)
+
 # The imports below take seconds (torch, the registries); Ctrl-C meanwhile exits 130 quietly,
 # as it does later (run() puts Python's own handler back before any work starts).
 signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
@@ -19,7 +37,7 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from settings import DEFAULT_CONFIG, SETTINGS, SettingError, Settings, flag  # noqa: E402
+from alphafuse.settings import DEFAULT_CONFIG, SETTINGS, SettingError, Settings, flag  # noqa: E402
 
 log = logging.getLogger("alphafuse")
 
@@ -75,7 +93,7 @@ class _BackbonesEpilog(click.Command):
     """Lists the registered backbones, what they encode and their options, under --help."""
 
     def format_epilog(self, ctx, formatter):
-        from extract import backbone_names, get_backbone
+        from alphafuse.extract import backbone_names, get_backbone
 
         rows = []
         for name in backbone_names():
@@ -102,7 +120,7 @@ def extract(config, **flags):
     `torchrun --nproc_per_node N cli.py extract ...` each process takes a disjoint shard and the
     last to finish merges them. Clips that cannot be read are recorded with the reason and skipped.
     """
-    from extract.pipeline import run_extraction
+    from alphafuse.extract.pipeline import run_extraction
 
     s = settings(config, "extract")
     run_extraction(s, flags, echo=click.echo)
@@ -114,8 +132,8 @@ class _HeadsEpilog(click.Command):
     """Lists the heads and the transforms under --help, from their registries."""
 
     def format_epilog(self, ctx, formatter):
-        from fuse.heads import head_help
-        from fuse.transforms import TRANSFORM_HELP
+        from alphafuse.fuse.heads import head_help
+        from alphafuse.fuse.transforms import TRANSFORM_HELP
 
         with formatter.section("Heads (--head; --head-option KEY=VALUE sets one of its options)"):
             formatter.write_dl(sorted(head_help().items()))
@@ -128,8 +146,8 @@ _HEAD_SETTINGS = ("transform", "target", "alpha", "modalities", "epochs", "batch
 
 
 def _train_config(s: Settings, flags: dict, **fixed):
-    from fuse import TrainConfig
-    from fuse.heads import parse_head_options
+    from alphafuse.fuse import TrainConfig
+    from alphafuse.fuse.heads import parse_head_options
 
     values = {name: s.get(name, flags.get(name), SETTINGS[name].default) for name in _HEAD_SETTINGS}
     values.update(seed=s.get("seed", flags.get("seed")), **fixed)
@@ -144,7 +162,7 @@ def head_option(f):
 
 
 def _device(name: str) -> str:
-    from extract.runner import resolve_device
+    from alphafuse.extract.runner import resolve_device
     return str(resolve_device(name))
 
 
@@ -161,7 +179,7 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
     learning_curves.png, confusion_matrix.png and config.json (what it ran with). The reported
     model is the best validation epoch; the last epoch's scores are reported beside it.
     """
-    from fuse.commands import fuse_command
+    from alphafuse.fuse.commands import fuse_command
 
     s = settings(config, "fuse")
     cfg = _train_config(s, flags, device=_device(s.get("device", device, "cpu")))
@@ -185,7 +203,7 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json):
     """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
-    from fuse.commands import evaluate_backbone_command, evaluate_command
+    from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
     if backbone_logits:
         if cache_dir is None:
@@ -212,8 +230,8 @@ def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predic
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoint, trust_checkpoint, device, as_json):
     """Classify video files with a trained run: the backbones, the transform and the head."""
-    from extract.checkpoint import trusted_checkpoints
-    from fuse.commands import predict_command
+    from alphafuse.extract.checkpoint import trusted_checkpoints
+    from alphafuse.fuse.commands import predict_command
 
     with trusted_checkpoints(trust_checkpoint):
         code = predict_command(videos, Path(run_dir), top_k, {"video": video_checkpoint, "audio": audio_checkpoint,
@@ -240,7 +258,7 @@ def grid(config, cache_dir, out, overwrite, **flags):
     intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
     target, or a bar chart per configuration.
     """
-    from fuse.commands import grid_command, per_head_options
+    from alphafuse.fuse.commands import grid_command, per_head_options
 
     s = settings(config, "grid")
     sweep = {k: s.get(k, flags[k], None)
@@ -273,7 +291,7 @@ def demo(workdir, seeds, clips_per_class, jobs):
     random-weight backbones (or the checkpoints the config names), trains one head and runs
     the paper's grid, and writes report.md with the plots. Run again, it reuses what it made.
     """
-    from fuse.demo import run_demo
+    from alphafuse.fuse.demo import run_demo
 
     run_demo(Path(workdir).resolve(), seeds, clips_per_class, jobs, echo=click.echo)
 
@@ -290,7 +308,7 @@ def cache():
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def cache_info(path, as_json):
     """Summarise one <split>.h5: clips, embeddings (what each is), labels, errors, backbones."""
-    from cache.info import describe_split, format_info
+    from alphafuse.cache.info import describe_split, format_info
 
     info = describe_split(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_info(info))
@@ -302,7 +320,7 @@ def cache_info(path, as_json):
 @click.option("--split", required=True, help="The split whose shards to merge.")
 def cache_merge(config, cache_dir, split):
     """Merge the parts of a sharded extraction into <split>.h5 (when no shard did it)."""
-    from cache import merge_parts
+    from alphafuse.cache import merge_parts
 
     s = settings(config, "cache")
     click.echo(f"merged into {merge_parts(s.get('cache_dir', cache_dir), split)}")
@@ -318,10 +336,10 @@ def _hint(exc: BaseException) -> str:
 
 def run() -> None:
     """The console entry point: one line per error a user can cause, exit 130 on Ctrl-C."""
-    from cache import CacheError
-    from data import ClipError
-    from data.atomic import WriteError
-    from extract import CheckpointError
+    from alphafuse.cache import CacheError
+    from alphafuse.data import ClipError
+    from alphafuse.data.atomic import WriteError
+    from alphafuse.extract import CheckpointError
 
     verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -341,7 +359,7 @@ def run() -> None:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename:
-            from data.atomic import describe_os_error
+            from alphafuse.data.atomic import describe_os_error
             message = f"{exc.filename}: {describe_os_error(exc)}"
         click.echo(f"Error: {message}{_hint(exc)}", err=True)
         sys.exit(2 if isinstance(exc, SettingError) else 1)   # 2: a usage mistake, as click's own

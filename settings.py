@@ -147,15 +147,15 @@ def _similar(a: str, b: str) -> bool:
 
 def _choices(kind: str) -> tuple:
     if kind == "transforms":
-        from fuse.transforms import TRANSFORMS
+        from alphafuse.fuse.transforms import TRANSFORMS
         return TRANSFORMS
     if kind == "heads":
-        from fuse.heads import head_names
+        from alphafuse.fuse.heads import head_names
         return tuple(head_names())
     if kind == "sampling":
-        from data.sampling import SAMPLINGS
+        from alphafuse.data.sampling import SAMPLINGS
         return tuple(sorted(SAMPLINGS))
-    from extract import backbone_names
+    from alphafuse.extract import backbone_names
     return tuple(backbone_names(kind))
 
 

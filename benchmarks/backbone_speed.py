@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from extract import load_ast, load_timesformer
+from alphafuse.extract import load_ast, load_timesformer
 
 
 def set_fused_attention(model, fused: bool) -> None:

@@ -24,7 +24,7 @@ from common import matmul_gflops, sync
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from extract import load_cavmae  # noqa: E402
+from alphafuse.extract import load_cavmae  # noqa: E402
 
 
 def inputs(batch, frames, device):

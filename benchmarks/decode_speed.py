@@ -34,7 +34,7 @@ import av  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from data import ClipDataset, decode_audio, load_clip, read_manifest  # noqa: E402
+from alphafuse.data import ClipDataset, decode_audio, load_clip, read_manifest  # noqa: E402
 
 
 def naive_decode(path: Path) -> int:

@@ -29,9 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import matmul_gflops, sync
 
-from data import ClipDataset, read_manifest
-from extract import create_backbone
-from extract.runner import PRECISIONS, Roles, embed_batch, extract_split
+from alphafuse.data import ClipDataset, read_manifest
+from alphafuse.extract import create_backbone
+from alphafuse.extract.runner import PRECISIONS, Roles, embed_batch, extract_split
 
 REPO = Path(__file__).resolve().parent.parent
 

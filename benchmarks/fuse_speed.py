@@ -29,8 +29,8 @@ import common
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache import FeatureSplit, write_split  # noqa: E402
-from fuse import AlphaFuseHead, HeadInputs, TrainConfig, fuse_run, load_splits, train_epoch, train_head  # noqa: E402
+from alphafuse.cache import FeatureSplit, write_split  # noqa: E402
+from alphafuse.fuse import AlphaFuseHead, HeadInputs, TrainConfig, fuse_run, load_splits, train_epoch, train_head  # noqa: E402
 
 EMBED = 768
 HIDDEN = (1024, 512)

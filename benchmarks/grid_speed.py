@@ -37,12 +37,12 @@ import common
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache import FeatureSplit, write_split  # noqa: E402
-from fuse import TrainConfig, load_splits, train_head  # noqa: E402
-from fuse.grid import head_parameters, paper_preset, run_grid, sweep  # noqa: E402
-from fuse.metrics import score  # noqa: E402
-from fuse.inputs import HeadInputs  # noqa: E402
-from fuse.train import predict_logits, train_epoch  # noqa: E402
+from alphafuse.cache import FeatureSplit, write_split  # noqa: E402
+from alphafuse.fuse import TrainConfig, load_splits, train_head  # noqa: E402
+from alphafuse.fuse.grid import head_parameters, paper_preset, run_grid, sweep  # noqa: E402
+from alphafuse.fuse.metrics import score  # noqa: E402
+from alphafuse.fuse.inputs import HeadInputs  # noqa: E402
+from alphafuse.fuse.train import predict_logits, train_epoch  # noqa: E402
 
 HIDDEN = (1024, 512)
 
@@ -146,7 +146,7 @@ def paper_recipe_estimate(splits: dict, steps: int = 200) -> dict:
     cfg = TrainConfig()
     gen = torch.Generator().manual_seed(0)
     data = HeadInputs(train, ("video", "audio"))
-    from fuse import AlphaFuseHead
+    from alphafuse.fuse import AlphaFuseHead
     model = AlphaFuseHead(train.video.shape[1], train.audio.shape[1], train.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     train_epoch(model, optimizer, data, 8, gen, max_steps=10)

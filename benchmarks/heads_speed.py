@@ -34,9 +34,9 @@ import common
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache import FeatureSplit, read_split, write_split  # noqa: E402
-from fuse import HeadInputs, TrainConfig, create_head, head_defaults, head_names, train_head  # noqa: E402
-from fuse.train import make_optimizer, train_epoch  # noqa: E402
+from alphafuse.cache import FeatureSplit, read_split, write_split  # noqa: E402
+from alphafuse.fuse import HeadInputs, TrainConfig, create_head, head_defaults, head_names, train_head  # noqa: E402
+from alphafuse.fuse.train import make_optimizer, train_epoch  # noqa: E402
 
 DIM = 768
 TOKENS = {"video": 9, "audio": 103}

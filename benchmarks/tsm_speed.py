@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import sync
-from extract import load_tsam, load_tsm
+from alphafuse.extract import load_tsam, load_tsm
 
 
 def gflop_per_clip(fn, inputs) -> float:

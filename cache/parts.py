@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data.atomic import atomic_write_text, atomic_write_with, describe_os_error
+from alphafuse.data.atomic import atomic_write_text, atomic_write_with, describe_os_error
 
 from .store import CacheError, FeatureSplit, read_split, write_split
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data.atomic import atomic_write_with
+from alphafuse import __version__ as TOOL_VERSION  # the package's one version string
+from alphafuse.data.atomic import atomic_write_with
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-TOOL_VERSION = "0.2.0"
 _STR = h5py.string_dtype("utf-8")
 _RESERVED = {"clip_id", "label", "has_audio", "errors"}
 # Embeddings at most this many bytes are read into memory by read_split(lazy="auto"); bigger

@@ -17,7 +17,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from data import AudioConfig
+from alphafuse.data import AudioConfig
 
 from .checkpoint import build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone

@@ -56,7 +56,7 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from data import AudioConfig, VideoConfig
+from alphafuse.data import AudioConfig, VideoConfig
 
 from .checkpoint import CheckpointError, build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone

@@ -106,7 +106,7 @@ def run_extraction(s, flags: dict, echo: Callable[[str], None] = print) -> list[
 
     Exits with 130 (after the batch in hand is written) when interrupted.
     """
-    from data import read_manifest
+    from alphafuse.data import read_manifest
 
     manifest = read_manifest(s.get("manifest", flags.get("manifest")),
                              video_root=s.get("video_root", flags.get("video_root"), None))

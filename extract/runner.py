@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cache import SplitWriter, source_stamp
-from data import AudioConfig, ClipDataset, Manifest, VideoConfig
+from alphafuse.cache import SplitWriter, source_stamp
+from alphafuse.data import AudioConfig, ClipDataset, Manifest, VideoConfig
 
 from .checkpoint import describe
 from .registry import Extras

@@ -19,7 +19,7 @@ from timm.layers import Mlp, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
-from data import VideoConfig
+from alphafuse.data import VideoConfig
 
 from .checkpoint import build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data.specs import TSAMFrames, TSAMSpectrogram
+from alphafuse.data.specs import TSAMFrames, TSAMSpectrogram
 
 from .checkpoint import build_backbone, strip_prefixes
 from .registry import Extras, register_backbone
@@ -46,12 +46,12 @@ PREPROCESSING = {
                    "reference": "video2frames.py run_frames (ffmpeg -vf \"scale=-1:256,fps=10\" -q:v 0)"},
         "sampling": {"rule": "1 + int(tick / 2 + tick * k), tick = n / num_segments, clamped to the clip",
                      "reference": "lib/dataset/video.py sample_indices_validation",
-                     "implementation": "data.tsn.tsam_validation_indices"},
+                     "implementation": "alphafuse.data.tsn.tsam_validation_indices"},
         "scale": "uint8 / 255 (lib/dataset/video.py load_image: T.ToTensor), no mean/std anywhere",
         "crop": {"size": "the short side, centred",
                  "reference": "lib/dataset/video.py validation_transform(crop='central'): T.CenterCrop((S, S))"},
         "resize": {"size": [224, 224], "interpolation": "bilinear, antialiased (torchvision T.Resize on tensors)"},
-        "implementation": "data.tsn.load_tsam_frames (decode_tsam_frames, then tsam_frame_tensor)",
+        "implementation": "alphafuse.data.tsn.load_tsam_frames (decode_tsam_frames, then tsam_frame_tensor)",
     },
     "audio": {
         "source": {"reference": "video2frames.py run_audio (ffmpeg -i clip.mp4 clip.wav: 16-bit PCM), "
@@ -66,7 +66,7 @@ PREPROCESSING = {
         "resize": {"size": [224, 224], "interpolation": "bilinear, antialiased (torchvision T.Resize on tensors)"},
         "reference": "lib/dataset/audio.py wafeform_to_spectrogram_torch; config/kinetics400_config.json "
                      "audio_image_param",
-        "implementation": "data.tsam_audio.load_tsam_spectrogram (decode_first_channel, then tsam_spectrogram)",
+        "implementation": "alphafuse.data.tsam_audio.load_tsam_spectrogram (decode_first_channel, then tsam_spectrogram)",
     },
 }
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from data.specs import TSMFrames
+from alphafuse.data.specs import TSMFrames
 
 from .checkpoint import build_backbone, strip_prefixes
 from .registry import Extras, register_backbone
@@ -47,7 +47,7 @@ PREPROCESSING = {
         "sampling": {"rule": "1 + int(tick / 2 + tick * k), tick = (n - new_length + 1) / num_segments; "
                              "dense_sample and twice_sample options",
                      "reference": "ops/dataset.py TSNDataSet._get_test_indices",
-                     "implementation": "data.tsn.tsn_test_indices"},
+                     "implementation": "alphafuse.data.tsn.tsn_test_indices"},
         "resize": {"short_side": 256, "interpolation": "PIL bilinear",
                    "reference": "ops/transforms.py GroupScale(net.scale_size) (torchvision Resize on PIL)"},
         "crop": {"size": 224, "views": {1: "centre (GroupCenterCrop)",
@@ -57,7 +57,7 @@ PREPROCESSING = {
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
         "normalise_reference": "ops/models.py TSN._prepare_base_model input_mean/input_std, "
                                "ops/transforms.py GroupNormalize",
-        "implementation": "data.tsn.load_tsm_frames (decode_tsm_frames, then tsm_test_views)",
+        "implementation": "alphafuse.data.tsn.load_tsm_frames (decode_tsm_frames, then tsm_test_views)",
     },
 }
 

@@ -1,6 +1,6 @@
 """fuse/: stage 2 of alphafuse, fusion heads trained on cached embeddings.
 
-    from fuse import TrainConfig, load_splits, fuse_run
+    from alphafuse.fuse import TrainConfig, load_splits, fuse_run
     splits = load_splits("cache_out")
     metrics = fuse_run(splits["train"], splits["val"], splits["test"],
                        TrainConfig(transform="pos_scalar", target="audio"), "runs/pos_audio")

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from cache import read_split
-from data.atomic import atomic_write_text
+from alphafuse.cache import read_split
+from alphafuse.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]

@@ -13,13 +13,13 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from cache import read_split, split_path
-from data import read_manifest
-from data.atomic import atomic_write_text
-from data.demo import CLASSES, make_demo_dataset
-from extract.pipeline import format_summary
-from extract.registry import create_backbone
-from extract.runner import extract_split
+from alphafuse.cache import read_split, split_path
+from alphafuse.data import read_manifest
+from alphafuse.data.atomic import atomic_write_text
+from alphafuse.data.demo import CLASSES, make_demo_dataset
+from alphafuse.extract.pipeline import format_summary
+from alphafuse.extract.registry import create_backbone
+from alphafuse.extract.runner import extract_split
 
 from .commands import grid_command
 from .run import fuse_run
@@ -45,7 +45,7 @@ DEMO_BOTTLENECK = {"dim": 32, "layers": 2, "bottlenecks": 4, "num_heads": 2}
 
 def run_demo(work: Path, seeds: int = 5, clips_per_class: int = 24, jobs: int | None = None,
              echo: Callable[[str], None] = print) -> Path:
-    import settings as settings_module
+    import alphafuse.settings as settings_module
 
     with tqdm(total=len(CLASSES) * clips_per_class, desc=" clips", unit="clip", file=sys.stderr, disable=None) as bar:
         make_demo_dataset(work / "data", clips_per_class=clips_per_class, progress=bar.update)

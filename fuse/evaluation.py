@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cache import CacheError, FeatureSplit
+from alphafuse.cache import CacheError, FeatureSplit
 
 from .heads import MODALITY_NAMES, Head
 from .inputs import HeadInputs, view_counts, where

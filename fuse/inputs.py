@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cache import CacheError, FeatureSplit
+from alphafuse.cache import CacheError, FeatureSplit
 from .heads import modality_of
 
 # The extraction option that writes an embedding, by the end of its name.

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data import ClipError, load_inputs
-from data.specs import spec_from_dict
-from extract.backbones import rebuild_backbone
-from extract.registry import Extras
-from extract.runner import Roles, embed_inputs
+from alphafuse.data import ClipError, load_inputs
+from alphafuse.data.specs import spec_from_dict
+from alphafuse.extract.backbones import rebuild_backbone
+from alphafuse.extract.registry import Extras
+from alphafuse.extract.runner import Roles, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits

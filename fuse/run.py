@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache import CacheError, FeatureSplit, check_compatible, read_split
-from data.atomic import TMP_SUFFIX, atomic_write
+from alphafuse.cache import CacheError, FeatureSplit, check_compatible, read_split
+from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
 
 from . import plots
 from .config import TrainConfig

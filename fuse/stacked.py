@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache import FeatureSplit
+from alphafuse.cache import FeatureSplit
 
 from .config import TrainConfig
 from .heads.concat import AlphaFuseHead

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cache import FeatureSplit, check_compatible
+from alphafuse.cache import FeatureSplit, check_compatible
 
 from .config import TrainConfig
 from .heads import Head, create_head, head_from_config

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.synth import write_clip
+from alphafuse.data.synth import write_clip
 
 # ---------------------------------------------------------------------------------------------
 # References

@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cache import FeatureSplit, read_split, write_split
-from data.atomic import WriteError, atomic_write, atomic_write_text, atomic_write_with
+from alphafuse.cache import FeatureSplit, read_split, write_split
+from alphafuse.data.atomic import WriteError, atomic_write, atomic_write_text, atomic_write_with
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

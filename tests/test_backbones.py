@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import torch
 
-from extract import CheckpointError, load_ast, load_timesformer
+from alphafuse.extract import CheckpointError, load_ast, load_timesformer
 from tests.checkpoints import ast_reference, ast_state, save_pyth, timesformer_reference, timesformer_state
 
 TOL = 1e-5

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cache import CacheError, FeatureSplit, SplitWriter, check_compatible, merge_parts, read_split, write_split
-from tests.conftest import REPO
+from alphafuse.cache import CacheError, FeatureSplit, SplitWriter, check_compatible, merge_parts, read_split, write_split
+from tests.paths import REPO
 
 META = {"split": "train", "label_names": ["a", "b", "c"],
         "embeddings": {"video": {"shape": [4], "dtype": "float32"}, "audio": {"shape": [3], "dtype": "float32"}},
@@ -286,7 +286,7 @@ def test_sigkill_while_writing_leaves_only_whole_parts(tmp_path):
     script = textwrap.dedent(f"""
         import sys, numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from cache import SplitWriter
+        from alphafuse.cache import SplitWriter
         meta = {META!r}
         clips = [(f"c{{i}}", 0, "s") for i in range(100000)]
         w = SplitWriter({str(tmp_path)!r}, "train", meta, clips)

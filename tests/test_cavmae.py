@@ -4,8 +4,8 @@ import logging
 import pytest
 import torch
 
-from extract import CheckpointError, create_backbone, get_backbone, load_cavmae
-from extract.cavmae import PREPROCESSING
+from alphafuse.extract import CheckpointError, create_backbone, get_backbone, load_cavmae
+from alphafuse.extract.cavmae import PREPROCESSING
 from tests.cavmae_reference import cavmae_reference, cavmae_state, sincos_reference
 from tests.checkpoints import save_pyth, timesformer_state
 
@@ -61,7 +61,7 @@ def test_single_modality_classify_modes_match_reference(tmp_path, mode):
 
 def test_pretrained_file_drops_decoder_and_matches_reference(tmp_path, caplog):
     sd = cavmae_state("pretrained", audio_length=256, seed=1)
-    with caplog.at_level(logging.INFO, logger="extract"):
+    with caplog.at_level(logging.INFO, logger="alphafuse.extract"):
         model = load_cavmae(_save(tmp_path, "cav-mae-base.pth", sd), audio_length=256, arch="tiny")
     assert "dropping 33 decoder keys (decoder_blocks, decoder_embed, decoder_modality_a" in caplog.text
     assert "decoder_pred_v, mask_token)" in caplog.text
@@ -201,7 +201,7 @@ def test_embedding_shapes_and_input_specs():
     assert set(model.input_specs("video")) == {"video"} and set(model.input_specs("audio")) == {"audio"}
     with pytest.raises(ValueError, match="modality must be"):
         model.embedding_shapes("text")
-    from extract.registry import Extras
+    from alphafuse.extract.registry import Extras
     with pytest.raises(ValueError, match="caches no tokens or layers"):
         model.embedding_shapes("audiovisual", Extras(tokens=True))
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from extract import CheckpointError, load_ast, load_timesformer
-from extract.backbones import rebuild_backbone
-from extract.checkpoint import file_sha256, read_checkpoint, trusted_checkpoints
+from alphafuse.extract import CheckpointError, load_ast, load_timesformer
+from alphafuse.extract.backbones import rebuild_backbone
+from alphafuse.extract.checkpoint import file_sha256, read_checkpoint, trusted_checkpoints
 from tests.checkpoints import save_pyth, timesformer_state
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.paths import REPO
 
 
 class Result:
@@ -30,7 +30,7 @@ def work(tmp_path, monkeypatch, capsys):
 
 def _run(args, cwd):
     """The console entry point in this process (the imports are paid once): exit code and stderr."""
-    import cli
+    import alphafuse.cli as cli
 
     old_argv = sys.argv
     sys.argv = ["alphafuse", *args]
@@ -114,7 +114,7 @@ def test_an_empty_or_truncated_head_file_is_named(work, content):
 def test_a_cache_dir_that_is_a_file_is_named(work):
     (work / "m.csv").write_text("path,label,split\n")
     (work / "afile").write_text("")
-    from data.synth import write_clip
+    from alphafuse.data.synth import write_clip
     write_clip(work / "a.mp4")
     (work / "m.csv").write_text("path,label,split\na.mp4,x,train\n")
     line = _error_line(_run(["extract", "--manifest", "m.csv", "--cache-dir", "afile", "--arch", "tiny",

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from data import AudioConfig, ClipError, decode_audio, fbank_from_waveform, load_fbank
-from data.synth import write_clip
+from alphafuse.data import AudioConfig, ClipError, decode_audio, fbank_from_waveform, load_fbank
+from alphafuse.data.synth import write_clip
 from tests.media import CASES, ast_fbank, build_corpus, corpus_folder, ffmpeg_wav, read_wav
 
 FBANK_MAX, FBANK_MEAN = 2e-3, 1e-5

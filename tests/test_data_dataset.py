@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import data.dataset as dataset_module
-from data import (AudioConfig, Clip, ClipDataset, ClipError, VideoConfig, collate_clips, load_clip,
+import alphafuse.data.dataset as dataset_module
+from alphafuse.data import (AudioConfig, Clip, ClipDataset, ClipError, VideoConfig, collate_clips, load_clip,
                   load_fbank, load_video)
 from tests.media import CASES, build_corpus, corpus_folder
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from data import Clip, Manifest, read_manifest
+from alphafuse.data import Clip, Manifest, read_manifest
 
 
 def write(path: Path, text: str) -> Path:
@@ -197,7 +197,7 @@ def test_unseen_labels_are_reported(manifest, tmp_path, caplog):
     assert manifest.unseen_labels("val") == ["owl"]
     assert manifest.unseen_labels("test") == ["emu", "owl"]
     assert manifest.unseen_labels("train") == []
-    with caplog.at_level(logging.WARNING, logger="data.manifest"):
+    with caplog.at_level(logging.WARNING, logger="alphafuse.data.manifest"):
         read_manifest(tmp_path / "m.csv")
     assert "split 'test' never occur in train: emu; owl" in caplog.text
 
@@ -217,7 +217,7 @@ def test_manifest_validates_what_it_is_given(tmp_path):
 def test_an_exactly_repeated_row_is_used_once_with_a_warning_naming_both_lines(tmp_path, caplog):
     csv = write(tmp_path / "m.csv", "path,label,split\na.mp4,dog,train\nb.mp4,cat,train\n"
                                     "./a.mp4,dog,train\n")
-    with caplog.at_level(logging.WARNING, logger="data.manifest"):
+    with caplog.at_level(logging.WARNING, logger="alphafuse.data.manifest"):
         m = read_manifest(csv)
     assert [c.clip_id for c in m.clips] == ["a", "b"]
     assert "m.csv:4: repeats line 2" in caplog.text
@@ -225,7 +225,7 @@ def test_an_exactly_repeated_row_is_used_once_with_a_warning_naming_both_lines(t
 
 def test_an_exactly_repeated_vggsound_row_is_used_once(tmp_path, caplog):
     csv = write(tmp_path / "v.csv", "abc,30,dog,train\nxyz,0,cat,test\nabc,30,dog,train\n")
-    with caplog.at_level(logging.WARNING, logger="data.manifest"):
+    with caplog.at_level(logging.WARNING, logger="alphafuse.data.manifest"):
         m = read_manifest(csv)
     assert [c.clip_id for c in m.clips] == ["abc_000030", "xyz_000000"]
     assert "v.csv:3: repeats line 1" in caplog.text

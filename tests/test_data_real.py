@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data import (AudioConfig, ClipDataset, VideoConfig, decode_audio, load_fbank, load_video,
+from alphafuse.data import (AudioConfig, ClipDataset, VideoConfig, decode_audio, load_fbank, load_video,
                   read_manifest)
 from tests.media import (ast_fbank, cavmae_indices, cavmae_preprocess, ffmpeg_wav, link, read_wav,
                          reference_preprocess, reference_sampled_frames, timesformer_indices,

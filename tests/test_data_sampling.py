@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-import data.sampling as sampling_module
-from data import ClipError, VideoConfig, load_video, register_sampling, sample_frames
-from data.synth import write_clip
-from data.sampling import StreamTiming
-from data.video import frame_positions
+import alphafuse.data.sampling as sampling_module
+from alphafuse.data import ClipError, VideoConfig, load_video, register_sampling, sample_frames
+from alphafuse.data.synth import write_clip
+from alphafuse.data.sampling import StreamTiming
+from alphafuse.data.video import frame_positions
 from tests.media import (cavmae_indices, reference_clip_tensor, reference_indices, reference_preprocess,
                          timesformer_indices, timesformer_pyav_frames, tsn_indices, video_fps)
 

@@ -3,7 +3,7 @@ import av
 import numpy as np
 import pytest
 
-from data.synth import write_clip
+from alphafuse.data.synth import write_clip
 from tests.media import CASES, _decode_all, build_corpus, corpus_folder
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from data.errors import ClipError
-from data.synth import write_clip
-from data.tsn import (decode_tsam_frames, decode_tsm_frames, load_tsam_frames, load_tsm_frames, tsam_frame_tensor,
+from alphafuse.data.errors import ClipError
+from alphafuse.data.synth import write_clip
+from alphafuse.data.tsn import (decode_tsam_frames, decode_tsm_frames, load_tsam_frames, load_tsm_frames, tsam_frame_tensor,
                       tsam_validation_indices, tsm_test_views, tsn_full_res_offsets, tsn_test_indices, tsn_val_indices)
 from tests.media import _decode_all
 from tests.tsm_reference import aa_resize

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import data.video as video_module
-from data import ClipError, VideoConfig, load_video, preprocess_frames, sample_indices
-from data.synth import write_clip
+import alphafuse.data.video as video_module
+from alphafuse.data import ClipError, VideoConfig, load_video, preprocess_frames, sample_indices
+from alphafuse.data.synth import write_clip
 from tests.media import (CASES, build_corpus, corpus_folder, cavmae_indices, cavmae_preprocess,
                          reference_clip_tensor, reference_indices, reference_preprocess,
                          reference_sampled_frames, video_fps)
@@ -268,7 +268,7 @@ def test_long_videos_are_demuxed_again_instead_of_held_in_memory(corpus, monkeyp
     path = corpus["short_gop.mp4"]
     held = load_video(path)
     monkeypatch.setattr(video_module, "PACKET_BUDGET_BYTES", 2000)
-    with caplog.at_level(logging.DEBUG, logger="data.video"):
+    with caplog.at_level(logging.DEBUG, logger="alphafuse.data.video"):
         streamed = load_video(path)
     assert "demux again" in caplog.text
     assert torch.equal(held, streamed)

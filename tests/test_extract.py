@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import CacheError, read_split
-from data import read_manifest
-from data.synth import write_clip
-from extract import load_ast, load_timesformer
-from extract.runner import extract_split
-from tests.conftest import REPO
+from alphafuse.cache import CacheError, read_split
+from alphafuse.data import read_manifest
+from alphafuse.data.synth import write_clip
+from alphafuse.extract import load_ast, load_timesformer
+from alphafuse.extract.runner import extract_split
+from tests.paths import REPO
 
 TINY = ["--arch", "tiny", "--workers", "0", "--batch-size", "4"]
 

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from cache import read_split
-from data import ClipDataset, read_manifest
-from data.synth import write_clip
-from extract import create_backbone, load_ast, load_cavmae, load_timesformer
-from extract.runner import extract_split
+from alphafuse.cache import read_split
+from alphafuse.data import ClipDataset, read_manifest
+from alphafuse.data.synth import write_clip
+from alphafuse.extract import create_backbone, load_ast, load_cavmae, load_timesformer
+from alphafuse.extract.runner import extract_split
 from tests.cavmae_reference import cavmae_state
 
 TOL = 1e-5
@@ -106,7 +106,7 @@ def test_views_tokens_and_layers_are_cached_per_view(long_clips, tmp_path):
 
 
 def test_tsm_cache_equals_its_forward_and_classifier(clips, tmp_path):
-    from extract import load_tsm
+    from alphafuse.extract import load_tsm
     from tests.tsm_reference import save_tsm_checkpoint, tsm_state
     save_tsm_checkpoint(tmp_path / "tsm.pth", tsm_state())
     video = load_tsm(tmp_path / "tsm.pth", num_segments=4, arch="tiny")
@@ -121,7 +121,7 @@ def test_tsm_cache_equals_its_forward_and_classifier(clips, tmp_path):
 
 
 def test_tsam_cache_gives_its_classifier_from_the_embeddings(clips, tmp_path):
-    from extract import load_tsam
+    from alphafuse.extract import load_tsam
     from tests.tsm_reference import save_tsam_checkpoint, tsam_model_state
     save_tsam_checkpoint(tmp_path / "tsam.ckpt.pth.tar", tsam_model_state())
     model = load_tsam(tmp_path / "tsam.ckpt.pth.tar", num_segments=4, shift_depth=1, arch="tiny")
@@ -137,8 +137,8 @@ def test_tsam_cache_gives_its_classifier_from_the_embeddings(clips, tmp_path):
 
 
 def test_tsm_two_clips_three_crops_are_six_views_temporal_major(long_clips, tmp_path):
-    from data.specs import TSMFrames
-    from extract import load_tsm
+    from alphafuse.data.specs import TSMFrames
+    from alphafuse.extract import load_tsm
     video = load_tsm(num_segments=4, arch="tiny")
     audio = load_ast(arch="tiny", input_tdim=128)
     cache = read_split(extract_split(long_clips, "train", tmp_path, video, audio, workers=0, spatial_crops=3,

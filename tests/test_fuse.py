@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from sklearn.metrics import top_k_accuracy_score
 
-import fuse
-from cache import CacheError, FeatureSplit, write_split
-from fuse import (DEFAULT_ALPHA, AlphaFuseHead, FusionHead, ScaledConcat, TrainConfig, apply_transform,
+import alphafuse.fuse as fuse
+from alphafuse.cache import CacheError, FeatureSplit, write_split
+from alphafuse.fuse import (DEFAULT_ALPHA, AlphaFuseHead, FusionHead, ScaledConcat, TrainConfig, apply_transform,
                   evaluate_run, fuse_run, load_run, load_splits, predict_logits, score, select_best_epoch,
                   train_head, validate_transform)
 

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from cache import CacheError, write_split
-from fuse import AlphaFuseHead, TrainConfig, fuse_run, load_splits, predict_logits, train_head, train_heads_stacked
-from fuse.train import single_thread
-from fuse.grid import (RESULT_COLUMNS, config_key, configs_from_options, describe, format_summary_table,
+from alphafuse.cache import CacheError, write_split
+from alphafuse.fuse import AlphaFuseHead, TrainConfig, fuse_run, load_splits, predict_logits, train_head, train_heads_stacked
+from alphafuse.fuse.train import single_thread
+from alphafuse.fuse.grid import (RESULT_COLUMNS, config_key, configs_from_options, describe, format_summary_table,
                        head_configs, paper_preset, parse_alphas, parse_late_weights, run_grid, summarize, sweep)
-from fuse.stats import mean_interval, paired_bootstrap
+from alphafuse.fuse.stats import mean_interval, paired_bootstrap
 from tests.test_fuse import BACKBONES, FAST, make_split
 from tests.test_heads import TINY_MBT, with_extras
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cache import CacheError, FeatureSplit, read_split, write_split
-from fuse import (HeadInputs, TrainConfig, create_head, evaluate_backbone_logits, evaluate_run, fuse_run,
+from alphafuse.cache import CacheError, FeatureSplit, read_split, write_split
+from alphafuse.fuse import (HeadInputs, TrainConfig, create_head, evaluate_backbone_logits, evaluate_run, fuse_run,
                   get_head, head_defaults, head_from_config, head_help, head_names, load_run, predict_logits,
                   split_logits, train_epoch, train_head)
-from fuse.heads import drop_modalities
-from fuse.train import single_thread
+from alphafuse.fuse.heads import drop_modalities
+from alphafuse.fuse.train import single_thread
 from tests.test_fuse import BACKBONES, DIM, FAST, NAMES, NUM_CLASSES, PREPROCESSING, UNIMODAL_CEILING, make_split
 
 TOKENS = {"video": 3, "audio": 5}

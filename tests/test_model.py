@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from cache import read_split
-from data import ClipDataset, read_manifest
-from data.synth import write_clip
-from extract import CheckpointError, load_ast, load_timesformer
-from extract.runner import extract_split
-from fuse import TrainConfig, fuse_run, load_run, split_logits
-from fuse.model import AlphaTransformer
+from alphafuse.cache import read_split
+from alphafuse.data import ClipDataset, read_manifest
+from alphafuse.data.synth import write_clip
+from alphafuse.extract import CheckpointError, load_ast, load_timesformer
+from alphafuse.extract.runner import extract_split
+from alphafuse.fuse import TrainConfig, fuse_run, load_run, split_logits
+from alphafuse.fuse.model import AlphaTransformer
 from tests.checkpoints import ast_state, save_pyth, timesformer_state
-from tests.conftest import REPO
+from tests.paths import REPO
 
 PARITY_TOL = 1e-5
 
@@ -148,7 +148,7 @@ def test_predict_command(subset_dir, tmp_path):
 def test_cavmae_heads_cached_path_equals_end_to_end(synthesized, tmp_path, head, options, hidden):
     # CAV-MAE's per-frame video and joint embeddings (10 views): a linear probe on joint, and the
     # paper's head on audio and frame-averaged video; evaluation averages the frames' softmax.
-    from extract import load_cavmae
+    from alphafuse.extract import load_cavmae
     summary = extract_split(synthesized, "train", tmp_path / "cache", backbone=load_cavmae(arch="tiny", audio_length=128),
                             batch_size=3, workers=0)
     features = read_split(summary.cache_path)

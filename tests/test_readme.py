@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, subset_path
+from tests.paths import REPO, subset_path
 
 README = (REPO / "README.md").read_text()
 

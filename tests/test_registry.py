@@ -6,17 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-import extract
-from cache import read_split
-from data import VideoConfig, read_manifest
-from data.synth import write_clip
-from extract import backbone_names, create_backbone, get_backbone, load_ast, register_backbone
-from extract.backbones import rebuild_backbone
-from extract.checkpoint import build_backbone
-from extract.registry import Extras
-from extract.runner import extract_split
-from fuse import TrainConfig, fuse_run
-from fuse.model import AlphaTransformer
+import alphafuse.extract as extract
+from alphafuse.cache import read_split
+from alphafuse.data import VideoConfig, read_manifest
+from alphafuse.data.synth import write_clip
+from alphafuse.extract import backbone_names, create_backbone, get_backbone, load_ast, register_backbone
+from alphafuse.extract.backbones import rebuild_backbone
+from alphafuse.extract.checkpoint import build_backbone
+from alphafuse.extract.registry import Extras
+from alphafuse.extract.runner import extract_split
+from alphafuse.fuse import TrainConfig, fuse_run
+from alphafuse.fuse.model import AlphaTransformer
 
 
 class FrameMean(nn.Module):

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from extract import CheckpointError, create_backbone, load_tsam, tsam_options_from_config
-from extract.checkpoint import read_checkpoint
-from extract.tsam import PREPROCESSING
-from extract.tsm import temporal_shift
+from alphafuse.extract import CheckpointError, create_backbone, load_tsam, tsam_options_from_config
+from alphafuse.extract.checkpoint import read_checkpoint
+from alphafuse.extract.tsam import PREPROCESSING
+from alphafuse.extract.tsm import temporal_shift
 from tests.tsm_reference import (naive_tsam_shift, save_tsam_checkpoint, save_tsm_checkpoint, tsam_model_state,
                                  tsam_reference, tsm_state)
 
@@ -146,7 +146,7 @@ def test_tsm_and_tsam_files_swapped(tmp_path):
     save_tsm_checkpoint(tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth", tsm_state())
     with pytest.raises(CheckpointError, match="does not fit TSAM.*looks like a TSM checkpoint: use load_tsm"):
         load_tsam(tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth", arch="tiny")
-    from extract import load_tsm
+    from alphafuse.extract import load_tsm
     save_tsam_checkpoint(tmp_path / "tsam.ckpt.pth.tar", tsam_model_state())
     with pytest.raises(CheckpointError, match=r"tsam\.ckpt\.pth\.tar does not fit TSM.*missing keys.*"
                                               r"unexpected keys.*looks like a TSAM checkpoint: use load_tsam"):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from extract import CheckpointError, create_backbone, load_tsm, tsm_options_from_filename
-from extract.tsm import PREPROCESSING, temporal_shift
+from alphafuse.extract import CheckpointError, create_backbone, load_tsm, tsm_options_from_filename
+from alphafuse.extract.tsm import PREPROCESSING, temporal_shift
 from tests.checkpoints import ast_state, save_pyth, timesformer_state
 from tests.tsm_reference import naive_tsm_shift, save_tsm_checkpoint, tsm_reference, tsm_state
 

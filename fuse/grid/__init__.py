@@ -7,8 +7,8 @@ batched matmuls), scores each on the test split exactly as ``fuse_run`` does, an
 each configuration with a 95% t-interval over seeds and a paired bootstrap interval over the
 test clips of its difference from the ``none`` baseline (and between heads).
 
-    from fuse import load_splits
-    from fuse.grid import paper_preset, head_configs, run_grid, format_summary_table
+    from alphafuse.fuse import load_splits
+    from alphafuse.fuse.grid import paper_preset, head_configs, run_grid, format_summary_table
     s = load_splits("cache_out")
     result = run_grid(s["train"], s["val"], s["test"], paper_preset(seeds=5), "grids/paper")
     print(format_summary_table(result))

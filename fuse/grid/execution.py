@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache import FeatureSplit, check_compatible
+from alphafuse.cache import FeatureSplit, check_compatible
 
 from ..config import TrainConfig
 from ..evaluation import learnable, missing_modality_top1, split_logits

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import atomic_write
+from alphafuse.data.atomic import atomic_write
 
 from .plots import TARGET_NAMES, _finite, alpha_curve_plot, bars_plot, has_alpha_curve
 from .summary import CONFIDENCE, best_alphas, is_baseline
