@@ -93,11 +93,10 @@ class _BackbonesEpilog(click.Command):
     """Lists the registered backbones, what they encode and their options, under --help."""
 
     def format_epilog(self, ctx, formatter):
-        from alphafuse.extract import backbone_names, get_backbone
+        from alphafuse import catalogue
 
         rows = []
-        for name in backbone_names():
-            entry = get_backbone(name)
+        for name, entry in catalogue.entries("backbone").items():
             options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
             rows.append((name, f"{entry.modality}: {entry.help}. Options: {options}"))
         with formatter.section("Backbones (--video-backbone, --audio-backbone, --backbone; --backbone-opt KEY=VALUE)"):
@@ -132,13 +131,12 @@ class _HeadsEpilog(click.Command):
     """Lists the heads and the transforms under --help, from their registries."""
 
     def format_epilog(self, ctx, formatter):
-        from alphafuse.fuse.heads import head_help
-        from alphafuse.fuse.transforms import TRANSFORM_HELP
+        from alphafuse import catalogue
 
         with formatter.section("Heads (--head; --head-option KEY=VALUE sets one of its options)"):
-            formatter.write_dl(sorted(head_help().items()))
+            formatter.write_dl([(name, e.help) for name, e in catalogue.entries("head").items()])
         with formatter.section("Transforms (concat head: applied to --target before concatenation)"):
-            formatter.write_dl(sorted(TRANSFORM_HELP.items()))
+            formatter.write_dl(sorted(catalogue.transform_help().items()))
 
 
 _HEAD_SETTINGS = ("transform", "target", "alpha", "modalities", "epochs", "batch_size", "lr", "hidden", "dropout",
@@ -334,13 +332,16 @@ def _hint(exc: BaseException) -> str:
     return f" ({flag(hint)})" if hint else ""
 
 
+def _user_errors() -> tuple[type, ...]:
+    """The exceptions a user's input can cause, said in one line. Most are ValueError or OSError
+    (CacheError, CheckpointError, SettingError, WriteError); ClipError counts once its module is
+    loaded (it cannot be raised before), so a command's --help imports none of them."""
+    errors = sys.modules.get("alphafuse.data.errors")
+    return (ValueError, OSError) + ((errors.ClipError,) if errors else ())
+
+
 def run() -> None:
     """The console entry point: one line per error a user can cause, exit 130 on Ctrl-C."""
-    from alphafuse.cache import CacheError
-    from alphafuse.data import ClipError
-    from alphafuse.data.atomic import WriteError
-    from alphafuse.extract import CheckpointError
-
     verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -354,11 +355,12 @@ def run() -> None:
             sys.exit(1)
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except (SettingError, CacheError, CheckpointError, ClipError, WriteError, ValueError, OSError) as exc:
-        if verbose:
+    except Exception as exc:
+        if verbose or not isinstance(exc, _user_errors()):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename:
+        atomic = sys.modules.get("alphafuse.data.atomic")
+        if isinstance(exc, OSError) and not (atomic and isinstance(exc, atomic.WriteError)) and exc.filename:
             from alphafuse.data.atomic import describe_os_error
             message = f"{exc.filename}: {describe_os_error(exc)}"
         click.echo(f"Error: {message}{_hint(exc)}", err=True)

@@ -146,17 +146,15 @@ def _similar(a: str, b: str) -> bool:
 
 
 def _choices(kind: str) -> tuple:
+    """A registry's names, read from the source (catalogue.py) so that building the command line
+    imports no model code."""
+    from alphafuse import catalogue
+
     if kind == "transforms":
-        from alphafuse.fuse.transforms import TRANSFORMS
-        return TRANSFORMS
-    if kind == "heads":
-        from alphafuse.fuse.heads import head_names
-        return tuple(head_names())
-    if kind == "sampling":
-        from alphafuse.data.sampling import SAMPLINGS
-        return tuple(sorted(SAMPLINGS))
-    from alphafuse.extract import backbone_names
-    return tuple(backbone_names(kind))
+        return catalogue.transforms()
+    if kind in ("heads", "sampling"):
+        return tuple(catalogue.entries(kind.rstrip("s")))
+    return tuple(catalogue.backbone_names(kind))
 
 
 SETTINGS = {
