@@ -201,7 +201,9 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json):
+@options("vggsounder", "vggsounder_labels")
+def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json, vggsounder,
+             vggsounder_labels):
     """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
@@ -212,7 +214,10 @@ def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predic
         return
     if run_dir is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
-    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo)
+    if vggsounder_labels and not vggsounder:
+        raise click.UsageError("--vggsounder-labels needs --vggsounder")
+    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo,
+                     vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
 
 
 @main.command()
@@ -245,7 +250,8 @@ def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoi
 @main.command(cls=_HeadsEpilog)
 @config_option
 @options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
-         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
+         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience",
+         "vggsounder", "vggsounder_labels")
 @click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
               help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
@@ -271,7 +277,9 @@ def grid(config, cache_dir, out, overwrite, **flags):
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
                  method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
-                 head_options=per_head_options(flags["head_options"]))
+                 head_options=per_head_options(flags["head_options"]),
+                 vggsounder=s.get("vggsounder", flags["vggsounder"]),
+                 vggsounder_labels=s.get("vggsounder_labels", flags["vggsounder_labels"], None))
 
 
 # ----------------------------------------------------------------------------- demo
