@@ -97,14 +97,17 @@ def load_labels(path=None):
 @dataclass
 class Targets:
     """A split's clips matched to VGGSounder: ``rows`` (indices into the split) and ``ids`` of the
-    matched clips, and the ground truth of each slice and label modality, in the vocabulary."""
+    matched clips; ``gt``: per label modality, the package's ground truth of the matched clips
+    (``id``, ``labels``) and ``in_vocabulary`` (those labels the head can predict); ``meta``:
+    per meta label, the matched ids that have it."""
 
     vocabulary: list[str]
     rows: np.ndarray
     ids: list[str]
     unmatched: int
     labels: dict
-    gt: dict = field(default_factory=dict)   # slice -> modality -> DataFrame(id, labels)
+    gt: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
 
 def match(clip_ids, label_names, labels_path=None, *, owner: str = "the head", where: str = "the split") -> Targets:
@@ -129,16 +132,14 @@ def match(clip_ids, label_names, labels_path=None, *, owner: str = "the head", w
         raise ValueError(f"{where}: none of its {len(clip_ids)} clips is in VGGSounder's labels ({info['file']}; "
                          f"VGGSounder covers VGGSound's test set, clips named <YouTube id>_<start:06d>)")
     targets = Targets(list(label_names), np.asarray(rows, dtype=np.int64), ids, len(clip_ids) - len(rows), info)
+    targets.meta = {flag: {vid for vid in ids if labels[vid].meta_labels[flag]} for flag in META_SLICES}
     keep, wanted = set(label_names), set(ids)
-    for name in (None, *META_SLICES):
-        labels.set_meta_filters(**({name: True} if name else {}))
-        targets.gt[name or "all"] = {}
-        for modality in LABEL_MODALITIES:
-            gt = get_gt_for_modality(labels, modality, wanted)
-            if len(gt):
-                gt["in_vocabulary"] = gt["labels"].apply(lambda ls: [x for x in ls if x in keep])
-            targets.gt[name or "all"][modality] = gt
-    labels.clear_meta_filters()
+    for modality in LABEL_MODALITIES:
+        gt = get_gt_for_modality(labels, modality, wanted)
+        if not len(gt):   # no clip with a label of this kind: the package's frame has no columns
+            gt = gt.reindex(columns=["id", "labels"])
+        gt["in_vocabulary"] = [[x for x in ls if x in keep] for ls in gt["labels"]]
+        targets.gt[modality] = gt
     return targets
 
 
@@ -150,8 +151,8 @@ def score(targets: Targets, probs: dict[str, np.ndarray]) -> dict:
     out = {"clips": len(targets.ids), "unmatched": targets.unmatched, "labels": targets.labels,
            "vocabulary": {"classes": len(targets.vocabulary), "vggsound_classes": len(vggsound_classes()),
                           "outside": OUTSIDE_VOCABULARY}}
-    out.update(_slice(targets, "all", matched))
-    out["meta"] = {name: _slice(targets, name, matched) for name in META_SLICES}
+    out.update(_slice(targets, None, matched))
+    out["meta"] = {flag: _slice(targets, targets.meta[flag], matched) for flag in META_SLICES}
     return out
 
 
@@ -187,71 +188,89 @@ def evaluate_run_vggsounder(run_dir, split, split_name: str, labels_path=None, *
     return result
 
 
-def _slice(targets: Targets, name: str, probs: dict[str, np.ndarray]) -> dict:
-    from vggsounder.benchmark import compare_labels, compare_labels_logits, compute_modality_confusion
+def _slice(targets: Targets, ids: set | None, probs: dict[str, np.ndarray]) -> dict:
+    """Metrics and confusion on the matched clips in ``ids`` (None: all).
 
-    gts = targets.gt[name]
-    vocab = targets.vocabulary
-    if not len(gts["all"]):
+    hit@k and mAP follow vggsounder.benchmark.compare_labels_logits (hit_rate@k: a top-k class
+    is one of the labels; auc_pr: sklearn's average_precision_score per class with a positive
+    clip, averaged), computed here on the head's classes only: that function also computes a
+    dozen other metrics and a ROC-AUC per class, seconds per call.
+    """
+    position = {vid: i for i, vid in enumerate(targets.ids)}
+    if ids is not None and not ids:
         return {"clips": 0, "metrics": None, "confusion": None}
     ranked = np.argsort(-probs["both"], axis=1, kind="stable")   # ties: the lower index, as argmax
-    frames = {k: _top(targets.ids, ranked[:, :k], vocab) for k in (1, 5)}
     metrics = {}
-    for modality, gt in gts.items():
-        if not len(gt):
-            metrics[modality] = {"clips": 0, "in_vocabulary": 0, "hit@1": None, "hit@5": None, "map": None}
-            continue
-        gt = gt[["id", "in_vocabulary"]].rename(columns={"in_vocabulary": "labels"})
-        reachable = gt["labels"].map(len) > 0
-        entry = {"clips": len(gt), "in_vocabulary": int(reachable.sum())}
-        for k, frame in frames.items():
-            entry[f"hit@{k}"] = float(compare_labels(gt, frame, vocab)["hit_rate"])
-        present = {x for ls in gt["labels"] for x in ls}
+    for modality, gt in targets.gt.items():
+        gt = gt if ids is None else gt[gt["id"].isin(ids)]
+        at, truth = _truth(gt, position, targets.vocabulary)
+        entry = {"clips": len(gt), "in_vocabulary": int(truth.any(axis=1).sum())}
+        for k in (1, 5):
+            hits = np.take_along_axis(truth, ranked[at, :k], axis=1).any(axis=1)
+            entry[f"hit@{k}"] = float(hits.mean()) if len(gt) else None
+        present = np.flatnonzero(truth.any(axis=0))
         entry["map_classes"] = len(present)
-        entry["map"] = float(compare_labels_logits(gt, _scores(targets.ids, probs["both"]), vocab, ks=[1])["auc_pr"]) \
-            if present else None
+        entry["map"] = _map(truth[:, present], probs["both"][at][:, present]) if len(present) else None
         metrics[modality] = entry
-    gt = gts["all"][["id", "in_vocabulary"]].rename(columns={"in_vocabulary": "labels"})
-    tops = {k: _top(targets.ids, np.argmax(p, axis=1)[:, None], vocab) for k, p in probs.items()}
-    confusion = {k: float(v) for k, v in compute_modality_confusion(
-        gt, tops["both"], tops["no_video"], tops["no_audio"], vocab).items()}
-    confusion["hit@1"] = {k: float(compare_labels(gt, frame, vocab)["hit_rate"]) for k, frame in tops.items()}
-    return {"clips": len(gts["all"]), "metrics": metrics, "confusion": confusion}
+    gt = targets.gt["all"] if ids is None else targets.gt["all"][targets.gt["all"]["id"].isin(ids)]
+    at, truth = _truth(gt, position, targets.vocabulary)
+    top1 = {k: np.argmax(p, axis=1) for k, p in probs.items()}
+    confusion = _confusion(gt, targets, {k: v[at] for k, v in top1.items()})
+    confusion["hit@1"] = {k: float(truth[np.arange(len(at)), v[at]].mean()) for k, v in top1.items()}
+    return {"clips": len(gt), "metrics": metrics, "confusion": confusion}
 
 
-def _top(ids, indices: np.ndarray, vocab):
+def _map(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over the columns (classes with a positive clip) of sklearn's average precision; one
+    call for all of them (its multi-label macro average is that mean)."""
+    from sklearn.metrics import average_precision_score
+
+    if truth.shape[1] == 1:
+        return float(average_precision_score(truth[:, 0], scores[:, 0]))
+    return float(average_precision_score(truth, scores, average="macro"))
+
+
+def _truth(gt, position: dict, vocab) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``gt`` as indices into the matched clips, and their (clips, classes) labels in the vocabulary."""
+    index = {n: j for j, n in enumerate(vocab)}
+    at = np.array([position[vid] for vid in gt["id"]], dtype=np.int64)
+    truth = np.zeros((len(at), len(vocab)), dtype=bool)
+    for i, names in enumerate(gt["in_vocabulary"]):
+        truth[i, [index[n] for n in names]] = True
+    return at, truth
+
+
+def _confusion(gt, targets: Targets, top1: dict) -> dict:
+    """vggsounder.benchmark.compute_modality_confusion on the top-1 class (indices, one per row of ``gt``)
+    with both modalities, video zeroed (the audio prediction) and audio zeroed (the video one)."""
     import pandas as pd
+    from vggsounder.benchmark import compute_modality_confusion
 
-    return pd.DataFrame({"id": ids, "labels": [[vocab[j] for j in row] for row in indices]})
-
-
-def _scores(ids, probs: np.ndarray):
-    import pandas as pd
-
-    return pd.DataFrame({"id": ids, "logits": list(probs)})
+    vocab = targets.vocabulary
+    frames = [pd.DataFrame({"id": list(gt["id"]), "labels": [[vocab[j]] for j in top1[k]]})
+              for k in ("both", "no_video", "no_audio")]
+    truth = gt[["id", "in_vocabulary"]].rename(columns={"in_vocabulary": "labels"})
+    return {k: float(v) for k, v in compute_modality_confusion(truth, *frames, vocab).items()}
 
 
 def hits_top1(targets: Targets, predicted: np.ndarray) -> np.ndarray:
     """(rows, matched clips) booleans: whether each row's top-1 class (an index into the
     vocabulary, per split clip) is one of the clip's labels. For the grid's paired bootstrap."""
-    gt = targets.gt["all"]["all"].set_index("id")["in_vocabulary"]
-    index = {n: j for j, n in enumerate(targets.vocabulary)}
-    truth = np.zeros((len(targets.ids), len(targets.vocabulary)), dtype=bool)
-    for i, vid in enumerate(targets.ids):
-        truth[i, [index[x] for x in gt[vid]]] = True
+    position = {vid: i for i, vid in enumerate(targets.ids)}
+    at, truth = _truth(targets.gt["all"], position, targets.vocabulary)
+    order = np.empty_like(at)
+    order[at] = np.arange(len(at))            # matched clip -> its row of truth
     predicted = np.atleast_2d(predicted)[:, targets.rows]
-    return np.take_along_axis(truth[None], predicted[..., None], axis=2)[..., 0] \
-        if predicted.size else np.zeros(predicted.shape, bool)
+    return truth[order][np.arange(len(at))[None, :], predicted]
 
 
 def confusion_top1(targets: Targets, both: np.ndarray, no_video: np.ndarray, no_audio: np.ndarray) -> dict:
     """The package's modality confusion (a, v, av) of one head from its top-1 class indices per split clip."""
-    from vggsounder.benchmark import compute_modality_confusion
-
-    vocab = targets.vocabulary
-    gt = targets.gt["all"]["all"][["id", "in_vocabulary"]].rename(columns={"in_vocabulary": "labels"})
-    frames = [_top(targets.ids, np.asarray(p)[targets.rows][:, None], vocab) for p in (both, no_video, no_audio)]
-    return {k: float(v) for k, v in compute_modality_confusion(gt, *frames, vocab).items()}
+    gt = targets.gt["all"]
+    position = {vid: i for i, vid in enumerate(targets.ids)}
+    at = targets.rows[[position[vid] for vid in gt["id"]]]
+    return _confusion(gt, targets, {"both": np.asarray(both)[at], "no_video": np.asarray(no_video)[at],
+                                    "no_audio": np.asarray(no_audio)[at]})
 
 
 def format_table(result: dict) -> str:
