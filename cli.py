@@ -204,7 +204,11 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 @options("vggsounder", "vggsounder_labels")
 def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json, vggsounder,
              vggsounder_labels):
-    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
+    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits).
+
+    With --vggsounder, also on VGGSounder's labels of the split's VGGSound clips, written to
+    <run>/vggsounder-<split>.json.
+    """
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
     if backbone_logits:
@@ -262,7 +266,8 @@ def grid(config, cache_dir, out, overwrite, **flags):
     interval over seeds; test accuracy against the none baseline with a paired bootstrap
     interval over the same test clips; test top-1 with each modality missing; head-vs-head
     intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
-    target, or a bar chart per configuration.
+    target, or a bar chart per configuration. With --vggsounder, VGGSounder hit@1 and modality
+    confusion of each configuration on the test clips it annotates.
     """
     from alphafuse.fuse.commands import grid_command, per_head_options
 
