@@ -6,13 +6,15 @@ background music, voice-over and a static image. This module only matches a spli
 that file and hands the head's predictions to the package's own functions:
 
 * labels: ``vggsounder.VGGSounder`` (loaded with no meta filter, as the package's
-  ``benchmark.compute_all_results`` does), ground truth per label modality from
+  ``benchmark.compute_all_results`` does); ground truth per label modality from
   ``benchmark.get_gt_for_modality`` (``a``: A + AV labels, ``v``: V + AV, ``av``: AV only,
-  ``all``), the meta slices from ``VGGSounder.set_meta_filters``;
-* hit@k: ``benchmark.compare_labels`` on the head's top-k class names (its ``hit_rate``: a clip
-  counts when one prediction is one of its labels of that kind);
-* mAP: ``benchmark.compare_labels_logits``' ``auc_pr`` (per-class average precision of the
-  softmax probabilities, averaged over the classes with a positive clip);
+  ``all``); the meta slices: the matched clips whose ``VideoData.meta_labels`` flag is set;
+* hit@k and mAP as ``benchmark.compare_labels_logits`` defines them (``hit_rate@k``: one of the
+  top-k classes is one of the clip's labels of that kind; ``auc_pr``: sklearn's average
+  precision per class with a positive clip, averaged), computed in :func:`_slice` on the
+  softmax probabilities: that function also computes a dozen other metrics and a ROC-AUC per
+  class, seconds per call, and ranks ties by quicksort where the top-1 here is the argmax that
+  ``evaluate --predictions`` writes;
 * confusion: ``benchmark.compute_modality_confusion`` on the top-1 with both modalities, with the
   video zeroed (the audio prediction) and with the audio zeroed (the video prediction), against
   all labels, as ``compute_all_results`` does: ``a`` is the share of clips the audio
@@ -34,6 +36,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 LABEL_MODALITIES = ("all", "a", "v", "av")     # the package's names; all = every label
+LABEL_KINDS = {"all": "every label", "a": "audible: labels tagged A or AV", "v": "visible: labels tagged V or AV",
+               "av": "audible and visible: labels tagged AV"}
 META_SLICES = ("background_music", "voice_over", "static_image")
 LABEL_COLUMNS = ("video_id", "label", "modality", "background_music", "static_image", "voice_over")
 OUTSIDE_VOCABULARY = ("labels outside the head's vocabulary can never be predicted: they are never hit (their clip "
@@ -150,7 +154,8 @@ def score(targets: Targets, probs: dict[str, np.ndarray]) -> dict:
     matched = {k: np.asarray(v)[targets.rows] for k, v in probs.items()}
     out = {"clips": len(targets.ids), "unmatched": targets.unmatched, "labels": targets.labels,
            "vocabulary": {"classes": len(targets.vocabulary), "vggsound_classes": len(vggsound_classes()),
-                          "outside": OUTSIDE_VOCABULARY}}
+                          "outside": OUTSIDE_VOCABULARY},
+           "label_kinds": LABEL_KINDS}
     out.update(_slice(targets, None, matched))
     out["meta"] = {flag: _slice(targets, targets.meta[flag], matched) for flag in META_SLICES}
     return out

@@ -197,6 +197,9 @@ def test_another_label_file_by_flag(world, tmp_path):
     line = error_line(*cli("evaluate", "--run", world["run"], "--split", "test", "--cache-dir", world["cache"],
                            "--vggsounder", "--vggsounder-labels", bad)[::2])
     assert str(bad) in line and "modality" in line
+    line = error_line(*cli("evaluate", "--run", world["run"], "--split", "test", "--cache-dir", world["cache"],
+                           "--vggsounder", "--vggsounder-labels", tmp_path / "absent.csv")[::2])
+    assert "absent.csv" in line
 
 
 def test_a_split_without_vggsounder_clips_is_one_line(world):
