@@ -212,6 +212,8 @@ def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predic
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
     if backbone_logits:
+        if vggsounder:
+            raise click.UsageError("--vggsounder scores a run's head (--run), not --backbone-logits")
         if cache_dir is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
         evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo)
