@@ -286,7 +286,7 @@ def format_table(result: dict) -> str:
     rows = []
     for name, part in (("all", result), *result["meta"].items()):
         for modality, m in (part["metrics"] or {}).items():
-            rows.append((name.replace("_", " "), modality.upper() if modality != "all" else "all", str(m["clips"]),
+            rows.append((name.replace("_", " "), _KIND_SHORT[modality], str(m["clips"]),
                          str(m["in_vocabulary"]), _fmt(m["hit@1"]), _fmt(m["hit@5"]), _fmt(m["map"])))
         if not part["metrics"]:
             rows.append((name.replace("_", " "), "-", "0", "-", "-", "-", "-"))
@@ -298,6 +298,9 @@ def format_table(result: dict) -> str:
                  f"av {c['av']:.3f}   (top-1 hit: both {c['hit@1']['both']:.3f}, no video "
                  f"{c['hit@1']['no_video']:.3f}, no audio {c['hit@1']['no_audio']:.3f})")
     return "\n".join(lines)
+
+
+_KIND_SHORT = {"all": "all", "a": "audible (A, AV)", "v": "visible (V, AV)", "av": "both (AV)"}
 
 
 def _fmt(x) -> str:
