@@ -242,8 +242,15 @@ def test_grid_adds_vggsounder_hit1_and_confusion_with_intervals(world, reference
         per_row = [np.mean([names[saved["predicted"][r][i]] in of_kind(labels[world["truth"][ids[i]]], "all")
                             for i in at]) for r in rows]
         assert config["vggsounder_hit1_mean"] == pytest.approx(np.mean(per_row), abs=1e-12)
-        for k in ("a", "v", "av"):
+
+        def hit(key, r):
+            return np.array([names[saved[key][r][i]] in of_kind(labels[world["truth"][ids[i]]], "all") for i in at])
+        audio = [hit("predicted_no_video", r) & ~hit("predicted", r) for r in rows]   # video zeroed: audio's guess
+        video = [hit("predicted_no_audio", r) & ~hit("predicted", r) for r in rows]
+        for k, confused in (("a", audio), ("v", video), ("av", [a & v for a, v in zip(audio, video)])):
             assert 0 <= config[f"vggsounder_confusion_{k}_mean"] <= 1
+            assert config[f"vggsounder_confusion_{k}_mean"] == pytest.approx(np.mean([c.mean() for c in confused]),
+                                                                            abs=1e-12)
         assert config["vggsounder_hit1_low"] <= config["vggsounder_hit1_mean"] <= config["vggsounder_hit1_high"]
         if config["transform"] == "none":
             assert config["vggsounder_vs_none_diff"] == 0
