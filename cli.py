@@ -199,18 +199,29 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json):
-    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
+@options("vggsounder", "vggsounder_labels")
+def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json, vggsounder,
+             vggsounder_labels):
+    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits).
+
+    With --vggsounder, also on VGGSounder's labels of the split's VGGSound clips, written to
+    <run>/vggsounder-<split>.json.
+    """
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
     if backbone_logits:
+        if vggsounder:
+            raise click.UsageError("--vggsounder scores a run's head (--run), not --backbone-logits")
         if cache_dir is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
         evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo)
         return
     if run_dir is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
-    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo)
+    if vggsounder_labels and not vggsounder:
+        raise click.UsageError("--vggsounder-labels needs --vggsounder")
+    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo,
+                     vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
 
 
 @main.command()
@@ -243,7 +254,8 @@ def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoi
 @main.command(cls=_HeadsEpilog)
 @config_option
 @options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
-         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
+         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience",
+         "vggsounder", "vggsounder_labels")
 @click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
               help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
@@ -254,7 +266,8 @@ def grid(config, cache_dir, out, overwrite, **flags):
     interval over seeds; test accuracy against the none baseline with a paired bootstrap
     interval over the same test clips; test top-1 with each modality missing; head-vs-head
     intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
-    target, or a bar chart per configuration.
+    target, or a bar chart per configuration. With --vggsounder, VGGSounder hit@1 and modality
+    confusion of each configuration on the test clips it annotates.
     """
     from alphafuse.fuse.commands import grid_command, per_head_options
 
@@ -269,7 +282,9 @@ def grid(config, cache_dir, out, overwrite, **flags):
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
                  method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
-                 head_options=per_head_options(flags["head_options"]))
+                 head_options=per_head_options(flags["head_options"]),
+                 vggsounder=s.get("vggsounder", flags["vggsounder"]),
+                 vggsounder_labels=s.get("vggsounder_labels", flags["vggsounder_labels"], None))
 
 
 # ----------------------------------------------------------------------------- demo

@@ -218,6 +218,11 @@ SETTINGS = {
     "learned": Setting("bool", None, "Also train the learned-alpha head per target (default: on for sweeps, off for the preset)."),
     "seeds": Setting("int", 5, "Seeds per configuration.", minimum=1),
     "jobs": Setting("int", None, "Worker processes (one thread each). Default: one per core.", minimum=1),
+    # VGGSounder (evaluate, grid)
+    "vggsounder": Setting("bool", False, "Also score on VGGSounder's multi-label, modality-tagged labels of VGGSound's "
+                                         "test clips: hit@1/5, mAP per label modality, modality confusion."),
+    "vggsounder_labels": Setting("path", None, "A VGGSounder label CSV (video_id,label,modality,background_music,"
+                                               "static_image,voice_over) instead of the one the package ships."),
     "method": Setting("str", "auto", "joblib: one head per task; vectorized: stacked heads; auto: the faster.",
                       ("auto", "joblib", "vectorized")),
 }
