@@ -2,7 +2,7 @@
 
 Both references read JPEG frames that FFmpeg wrote beforehand, numbered from 1
 (``img_00001.jpg`` / ``000001.jpg``); the sampling rules below return those 1-based numbers,
-so frame number ``k`` is the ``k - 1``-th decoded frame.
+so image number ``k`` is the ``k - 1``-th image ffmpeg wrote.
 
 * TSM (mit-han-lab/temporal-shift-module): ``tools/vid2img_kinetics.py`` writes every frame
   scaled to height 331; ``ops/dataset.py`` ``TSNDataSet._get_test_indices`` picks one frame per
@@ -14,13 +14,16 @@ so frame number ``k`` is the ``k - 1``-th decoded frame.
   it to 224x224 (torchvision, bilinear with antialiasing) on ``ToTensor`` output in [0, 1].
 
 Extraction here decodes with PyAV and runs FFmpeg's own ``scale`` (and ``fps``) filters through
-libavfilter, as the ffmpeg command lines do. What differs from the references, and why:
-the frames are not written to and read back from JPEG (``-q:v 0`` is near-lossless; PyAV could
-encode them, but PIL's decoding of FFmpeg's full-range JPEG would still differ from swscale's
-YUV->RGB in chroma upsampling), so pixels differ by a few levels of 255; ffmpeg's CLI rotates
-phone videos by their display matrix and, writing images, forces a constant frame rate on
-variable-frame-rate input, neither of which is done here (the frame count of TSM is the number
-of decoded frames; TSAM's fps filter makes the count exact).
+libavfilter, as the ffmpeg command lines do, ended by the mjpeg encoder's pixel formats as
+ffmpeg's CLI ends them. Colours: the JPEGs keep the stream's YUV (BT.709-coded on tagged
+clips), widened to full range, and Pillow reads them with BT.601, so that is the conversion
+here (data/colour.py, ``yuv_matrix="bt601"``). Image count: ffmpeg writes images at a constant
+frame rate, repeating a frame after a timestamp gap (at a clip's end too) and dropping frames
+that come too early; TSM's images are numbered by that rule (data/vsync.py), TSAM's by the
+``fps`` filter's output. What still differs from the references, and why: the frames are not
+written to and read back from JPEG (``-q:v 0`` is near-lossless, and libjpeg's chroma
+upsampling differs from swscale's), so pixels differ by a couple of levels of 255; ffmpeg's
+CLI rotates phone videos by their display matrix, which is not done here.
 """
 from __future__ import annotations
 
