@@ -21,10 +21,8 @@ everywhere, and the difference is 2 levels of 255 on average, 20 or more on satu
 """
 from __future__ import annotations
 
-import av
 import numpy as np
 
-from ._container import av_reason
 from .errors import ClipError
 
 YUV_MATRICES = ("stream", "bt601")
@@ -37,13 +35,17 @@ def check_yuv_matrix(name: str, value) -> str:
     return value
 
 
-def frame_to_rgb(frame: av.VideoFrame, clip_id: str, yuv_matrix: str = "stream") -> np.ndarray:
-    """uint8 (H, W, 3) RGB of a decoded frame, converted by swscale with ``yuv_matrix``.
+def frame_to_rgb(frame, clip_id: str, yuv_matrix: str = "stream") -> np.ndarray:
+    """uint8 (H, W, 3) RGB of a decoded ``av.VideoFrame``, converted by swscale with ``yuv_matrix``.
 
     ``"bt601"`` passes ``src_colorspace=ITU601`` and leaves the range to the frame, exactly as
     an ``SwsContext`` without colourspace details does (a ``yuvj*`` frame is full range, any
     other limited unless tagged otherwise).
     """
+    import av   # here, not at the top: VideoConfig validates with this module and stays light
+
+    from ._container import av_reason
+
     kwargs = {"src_colorspace": "ITU601"} if yuv_matrix == "bt601" else {}
     try:
         return frame.to_ndarray(format="rgb24", **kwargs)
