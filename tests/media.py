@@ -200,8 +200,11 @@ def yuv_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An 8-bit planar YUV PyAV frame's Y, U and V as float64, chroma repeated up to the luma size."""
     y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width].astype(np.float64)
                for p in list(frame.planes)[:3])
-    up = lambda c: np.repeat(np.repeat(c, -(-y.shape[0] // c.shape[0]), 0), -(-y.shape[1] // c.shape[1]), 1)
-    return y, up(u)[:y.shape[0], :y.shape[1]], up(v)[:y.shape[0], :y.shape[1]]
+
+    def up(c):   # each chroma sample covers ceil(luma / chroma) luma samples per axis
+        rows, cols = -(-y.shape[0] // c.shape[0]), -(-y.shape[1] // c.shape[1])
+        return np.repeat(np.repeat(c, rows, 0), cols, 1)[:y.shape[0], :y.shape[1]]
+    return y, up(u), up(v)
 
 
 def yuv_to_rgb(y, u, v, matrix: str, full_range: bool) -> np.ndarray:
