@@ -6,7 +6,9 @@ everywhere, and the difference is 2 levels of 255 on average, 20 or more on satu
 
 * ``"stream"``: the stream's tagged matrix (BT.601 when untagged) and range. PyAV >= 17
   (``VideoFrame.reformat`` calls ``sws_scale_frame`` with the frame's colour tags; PyAV-Org/PyAV
-  issue #2230) and OpenCV 5 do this. alphafuse's TimeSformer input uses it.
+  issue #2230) and OpenCV 5.1 (measured) do this; alphafuse's TimeSformer input uses it. Older
+  PyAV converted with BT.601 unless told otherwise (PyAV-Org/PyAV issue #873), which is what
+  TimeSformer's ``decoder.py`` saw with the PyAV of its time.
 * ``"bt601"``: BT.601 whatever the tag, the range still the frame's (limited unless tagged
   full or decoded as ``yuvj*``). What the references' tools do:
   - CAV-MAE ``src/preprocess/extract_video_frame.py`` ``extract_frame`` reads frames with
