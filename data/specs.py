@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 
 from .audio import AudioConfig
+from .colour import check_yuv_matrix
 from .tsam_audio import IMAGE_SIZE, load_tsam_spectrogram
 from .tsn import decode_tsm_frames, load_tsam_frames, tsm_test_views
 from .video_config import VideoConfig
@@ -44,18 +45,21 @@ TSM_CLIPS = {1: {}, 2: {"twice_sample": True}, 10: {"dense": True}}
 class TSMFrames(_Spec):
     """TSM's test input (data/tsn.py): one frame per segment, ImageNet-normalised, one centre
     crop or three full-resolution crops; ``temporal_views`` 1, 2 (``twice_sample``) or 10
-    (``dense_sample``) clips. Views come temporal-major: (K * crops, 3, T, S, S)."""
+    (``dense_sample``) clips. Views come temporal-major: (K * crops, 3, T, S, S).
+    ``yuv_matrix`` (data/colour.py): "bt601", the colours of ffmpeg's JPEGs as Pillow reads them."""
 
     kind: ClassVar[str] = "tsm_frames"
     num_segments: int = 8
     test_crops: int = 1
     full_res: bool = False
     temporal_views: int = 1
+    yuv_matrix: str = "bt601"
 
     def __post_init__(self):
         if self.temporal_views not in TSM_CLIPS:
             raise ValueError(f"TSM's test takes 1, 2 (twice_sample) or 10 (dense_sample) clips, "
                              f"got temporal views {self.temporal_views!r}")
+        check_yuv_matrix("TSMFrames.yuv_matrix", self.yuv_matrix)
 
     @property
     def views(self) -> int:
@@ -69,7 +73,7 @@ class TSMFrames(_Spec):
 
     def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
         frames = decode_tsm_frames(path, self.num_segments, clip_id=clip_id, threads=threads,
-                                   **TSM_CLIPS[self.temporal_views])
+                                   yuv_matrix=self.yuv_matrix, **TSM_CLIPS[self.temporal_views])
         k, t = self.temporal_views, self.num_segments
         clips = [tsm_test_views(frames[i * t:(i + 1) * t], test_crops=self.test_crops, full_res=self.full_res)
                  for i in range(k)]
@@ -80,18 +84,24 @@ class TSMFrames(_Spec):
 
 @dataclass(frozen=True)
 class TSAMFrames(_Spec):
-    """TSAM's validation frames (data/tsn.py load_tsam_frames): [0, 1] RGB, 224 x 224."""
+    """TSAM's validation frames (data/tsn.py load_tsam_frames): [0, 1] RGB, 224 x 224;
+    ``yuv_matrix`` as :class:`TSMFrames`'."""
 
     kind: ClassVar[str] = "tsam_frames"
     num_segments: int = 16
+    yuv_matrix: str = "bt601"
     views: ClassVar[int] = 1
+
+    def __post_init__(self):
+        check_yuv_matrix("TSAMFrames.yuv_matrix", self.yuv_matrix)
 
     @property
     def output_shape(self) -> tuple:
         return (3, self.num_segments, 224, 224)
 
     def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
-        return load_tsam_frames(path, self.num_segments, clip_id=clip_id, threads=threads)
+        return load_tsam_frames(path, self.num_segments, clip_id=clip_id, threads=threads,
+                                yuv_matrix=self.yuv_matrix)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ Input pipeline (:data:`PREPROCESSING`; the reference files and functions, in ord
 * frames, src/preprocess/extract_video_frame.py ``extract_frame``: OpenCV; N = min(frame count,
   int(fps * 10)), the first 10 s; frame i in 0..9 is read after
   ``set(CAP_PROP_POS_FRAMES, int(i * (N / 10)) - 1)``, i.e. 0-based frame max(int(i * N / 10) - 1, 0)
-  (OpenCV seeks -1 to 0); BGR to RGB; torchvision ``Resize(224)`` (shorter side, PIL bilinear)
+  (OpenCV seeks -1 to 0); YUV to BGR with the BT.601 matrix whatever the stream's tag (OpenCV
+  4.6, pinned by requirements_a5.txt; data/colour.py); BGR to RGB; torchvision ``Resize(224)`` (shorter side, PIL bilinear)
   and ``CenterCrop(224)``; ``save_image``: uint8 by x * 255 + 0.5, a JPEG at PIL's default
   quality 75. src/dataloader.py ``AudiosetDataset.preprocess``: ``Resize(224, BICUBIC)`` and
   ``CenterCrop(224)`` of the stored 224 x 224 JPEG (identities at that size), ``ToTensor``,
@@ -103,6 +104,9 @@ PREPROCESSING = {
         # set(CAP_PROP_POS_FRAMES, int(i * (N / 10)) - 1), i.e. 0-based index max(int(i * N / 10) - 1, 0).
         "frames_per_clip": 10,
         "frame_index": "max(int(i * (N / 10)) - 1, 0), i = 0..9, N = min(frame_count, int(fps * 10))",
+        # OpenCV 4.6 (requirements_a5.txt) converts YUV with swscale's default matrix, BT.601,
+        # whatever the stream is tagged with (data/colour.py).
+        "yuv_matrix": "bt601",
         # Then BGR->RGB, torchvision Resize(224) (shorter side, PIL bilinear), CenterCrop(224),
         # ToTensor, save_image: uint8 via x * 255 + 0.5, JPEG by PIL at its default quality 75.
         "extract_resize": {"size": 224, "interpolation": "bilinear", "center_crop": 224},
@@ -350,8 +354,8 @@ class CAVMAE(nn.Module):
 
     def input_specs(self, modality: str = "audiovisual") -> dict:
         """The data/ specs of :data:`PREPROCESSING`: 16 kHz first channel, fbank / std; the ten
-        frames of the first 10 s, torchvision's PIL Resize(224) + CenterCrop(224), a JPEG round
-        trip at quality 75, ImageNet normalisation."""
+        frames of the first 10 s converted to RGB with BT.601 (OpenCV 4.6), torchvision's PIL
+        Resize(224) + CenterCrop(224), a JPEG round trip at quality 75, ImageNet normalisation."""
         audio, video = PREPROCESSING["audio"], PREPROCESSING["video"]
         specs = {}
         if modality != "video":
@@ -362,7 +366,7 @@ class CAVMAE(nn.Module):
             specs["video"] = VideoConfig(num_frames=video["frames_per_clip"], img_size=IMG_SIZE,
                                          mean=video["mean"], std=video["std"], resize=IMG_SIZE,
                                          interpolation="bilinear", resize_backend="pil", jpeg_quality=75,
-                                         sampling="cavmae")
+                                         sampling="cavmae", yuv_matrix=video["yuv_matrix"])
         return specs
 
     def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
