@@ -56,7 +56,7 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     learnable = (metrics.get("learnable") or {}).get("test")
     if learnable:
         echo(f"  learnable ceiling: {learnable['seen_label_clips']} of {learnable['clips']} test clips have a label "
-             f"seen in training (top-1 at most {learnable['max_top1']:.3f})")
+             f"seen in training (top-1 at most {learnable['max_top1']:.3f})" + _masked_note(learnable))
     missing = (metrics.get("missing_modality") or {}).get("test")
     if missing:
         echo("  test top1 with a modality missing: " + ", ".join(f"{m.replace('_', ' ')} {v:.3f}"
@@ -68,6 +68,12 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png, "
          f"{CONFIG_FILE})")
     return metrics
+
+
+def _masked_note(ceiling: dict) -> str:
+    """Why the ceiling holds, in the report: the classes absent from train are never predicted."""
+    count = ceiling.get("masked_classes")
+    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
 
 
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
@@ -86,6 +92,10 @@ def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: s
         return metrics
     echo(f"{split}: top1 {metrics['top1']:.3f}  top5 {metrics['top5']:.3f}  mAP {metrics['map']:.3f}  "
          f"loss {metrics['loss']:.3f}  ({metrics['num_clips']} clips)")
+    masked = metrics.get("masked_in_prediction")
+    if masked:
+        echo(f"  {len(masked)} class(es) absent from the run's training split are masked in prediction "
+             f"(never predicted): {', '.join(masked[:5])}" + (" ..." if len(masked) > 5 else ""))
     if predictions:
         echo(f"predictions written to {predictions}")
     return metrics

@@ -32,10 +32,10 @@ from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
 
 from . import plots
 from .config import TrainConfig
-from .evaluation import learnable, missing_modality_top1, split_logits
+from .evaluation import learnable, missing_modality_top1, predicted_classes, seen_in_train, split_logits
 from .heads import Head, head_from_config
 from .inputs import require_embeddings
-from .metrics import score
+from .metrics import allowed_classes, mask_unseen, score
 from .train import train_head
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
 
     result = train_head(train, val, cfg)
     out_dir = prepare_out_dir(out_dir, overwrite, known=RUN_FILES)
-    scores, predicted = _score_best_and_last(result, held_out)
+    allowed = seen_in_train(train)
+    scores, predicted = _score_best_and_last(result, held_out, allowed)
     seen = _classes_present(train)
     shown = "test" if "test" in held_out else "val" if "val" in held_out else None
     metrics = {
@@ -87,7 +88,8 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
         "epochs_run": len(result.history),
         "unseen_in_train": {name: _unseen(split, seen) for name, split in held_out.items()},
         "learnable": {name: learnable(train, split) for name, split in held_out.items()},
-        "missing_modality": {shown: missing_modality_top1(result.model, held_out[shown])} if shown else {},
+        "missing_modality": {shown: missing_modality_top1(result.model, held_out[shown], allowed)} if shown else {},
+        "masked_in_prediction": _masked_names(train.label_names, allowed),
         "trained": result.model.trained_values(),
         "config": cfg.to_dict(),
         "head": result.model.config,
@@ -136,10 +138,12 @@ def evaluate_run(run_dir, split: FeatureSplit, predictions_path=None, *, which: 
     model, meta = load_run(run_dir, which, device)
     _check_matches_run(split, meta, model)
     logits = split_logits(model, split, device)
-    metrics = score(logits, split.labels, split.num_classes, label_names=split.label_names)
+    allowed = allowed_classes(split.label_names, meta["train_classes"])
+    metrics = score(logits, split.labels, split.num_classes, label_names=split.label_names, allowed=allowed)
     metrics["unseen_in_train"] = _unseen(split, set(meta["train_classes"]))
+    metrics["masked_in_prediction"] = _masked_names(split.label_names, allowed)
     if predictions_path is not None:
-        write_predictions(predictions_path, split, torch.softmax(logits, dim=1).numpy())
+        write_predictions(predictions_path, split, torch.softmax(mask_unseen(logits, allowed), dim=1).numpy())
     return metrics
 
 
@@ -156,17 +160,24 @@ def write_predictions(path, split: FeatureSplit, probs: np.ndarray) -> None:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _score_best_and_last(result, held_out: dict[str, FeatureSplit]) -> tuple[dict, dict]:
-    """Scores of the best and last models on each held-out split, and the best one's predictions."""
+def _masked_names(label_names, allowed) -> list[str]:
+    """The classes masked in prediction (absent from train): metrics.json and the report say so."""
+    return [name for name, ok in zip(label_names, allowed) if not ok]
+
+
+def _score_best_and_last(result, held_out: dict[str, FeatureSplit], allowed) -> tuple[dict, dict]:
+    """Scores of the best and last models on each held-out split, and the best one's predictions,
+    over the ``allowed`` classes (those seen in training)."""
     models = {"best": result.model, "last": result.last_model()}
     scores = {which: {"val": None, "test": None} for which in models}
     predicted = {}
     for name, split in held_out.items():
         for which, model in models.items():
             logits = split_logits(model, split)
-            scores[which][name] = score(logits, split.labels, split.num_classes, label_names=split.label_names)
+            scores[which][name] = score(logits, split.labels, split.num_classes, label_names=split.label_names,
+                                        allowed=allowed)
             if which == "best":
-                predicted[name] = logits.argmax(1).numpy()
+                predicted[name] = predicted_classes(logits, allowed)
     return scores, predicted
 
 

@@ -478,3 +478,46 @@ def test_confusion_matrix_with_many_classes_draws_only_present_ones(tmp_path):
     with Image.open(tmp_path / "cm.png") as image:
         assert image.format == "PNG"
         image.verify()
+
+
+def test_no_reported_score_exceeds_its_ceiling_when_every_test_label_is_unseen(tmp_path):
+    """Train on classes 0-2, test on 3-5 only: the learnable ceiling is 0, and so must be every
+    top-1 and top-5 fuse, evaluate and the predictions CSV report. A nearly untrained head (lr
+    1e-6) ranks its untrained classes first about half the time, so without the mask the test
+    top-1 is well above 0 (checked first: the test would catch the bound broken)."""
+    from alphafuse.fuse.evaluation import split_logits
+
+    train = make_split("train", 90, 0, classes=range(3))
+    val, test = make_split("val", 30, 1, classes=range(3, 6)), make_split("test", 60, 2, classes=range(3, 6))
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "lr": 1e-6})
+    metrics = fuse_run(train, val, test, cfg, tmp_path / "run")
+    head, _ = load_run(tmp_path / "run")
+    raw = split_logits(head, test).argmax(1).numpy()
+    assert (raw == test.labels).mean() > 0.05   # chance hits the mask must remove
+    assert metrics["learnable"]["test"] == {"clips": 60, "seen_label_clips": 0, "max_top1": 0.0, "masked_classes": 3}
+    assert metrics["masked_in_prediction"] == NAMES[3:]
+    for which in (metrics, metrics["last"]):
+        for name in ("val", "test"):
+            assert which[name]["top1"] == 0.0 and which[name]["top5"] == 0.0
+            assert which[name]["masked_classes"] == 3
+            assert all(which[name]["per_class"][n]["ap"] == 0.0 for n in NAMES[3:])
+            assert math.isfinite(which[name]["loss"])
+    assert set(metrics["missing_modality"]["test"].values()) == {0.0}
+    again = evaluate_run(tmp_path / "run", test, tmp_path / "pred.csv")
+    assert again["top1"] == again["top5"] == 0.0 and again["masked_in_prediction"] == NAMES[3:]
+    with open(tmp_path / "pred.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["predicted"] for r in rows} <= set(NAMES[:3])
+    assert all(float(r[n]) == 0.0 for r in rows for n in NAMES[3:])
+
+
+def test_masking_keeps_top5_honest_with_fewer_allowed_classes_than_five():
+    """Two allowed classes of six: a top-5 over masked logits must not count the -inf tail."""
+    logits = np.array([[0.0, 1.0, 9.0, 8.0, 7.0, 6.0], [2.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    allowed = np.array([True, True, False, False, False, False])
+    out = score(logits, np.array([3, 1]), 6, allowed=allowed)
+    assert out["top1"] == 0.0   # clip 0 predicts class 1, clip 1 class 0
+    assert out["top5"] == 0.5   # clip 1's label (1) is in its two allowed guesses; clip 0's (3) never
+    assert out["loss"] == pytest.approx(score(logits, np.array([3, 1]), 6)["loss"])   # the unmasked objective
+    with pytest.raises(ValueError, match="no class is allowed"):
+        score(logits, np.array([3, 1]), 6, allowed=np.zeros(6, bool))

@@ -22,7 +22,7 @@ import torch
 from alphafuse.cache import FeatureSplit, check_compatible
 
 from ..config import TrainConfig
-from ..evaluation import learnable, missing_modality_top1, split_logits
+from ..evaluation import learnable, missing_modality_top1, predicted_classes, seen_in_train, split_logits
 from ..inputs import require_embeddings
 from ..metrics import score
 from ..run import check_out_dir, prepare_out_dir
@@ -210,18 +210,21 @@ def _task(members: list[int], stacked: bool, train, val, test, cfgs: list[TrainC
             results = train_heads_stacked(train, val, cfgs, max_stack=len(cfgs))
         else:
             results = [train_head(train, val, cfg) for cfg in cfgs]
-        return [int(i) for i in members], [_score(result, val, test) for result in results]
+        allowed = seen_in_train(train)
+        return [int(i) for i in members], [_score(result, val, test, allowed) for result in results]
 
 
-def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit) -> tuple[dict, np.ndarray]:
+def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit, allowed) -> tuple[dict, np.ndarray]:
     """The val and test scores fuse_run reports for this head (its metrics.json), its test top-1
-    with each modality zeroed, and its predicted class per test clip."""
+    with each modality zeroed, and its predicted class per test clip: all over the ``allowed``
+    classes (those seen in training; metrics.mask_unseen)."""
     logits = split_logits(result.model, test)
-    scores = score(logits, test.labels, test.num_classes, label_names=test.label_names)
+    scores = score(logits, test.labels, test.num_classes, label_names=test.label_names, allowed=allowed)
     val_scores = {"top1": None, "loss": None}
     if val is not None:
-        val_scores = score(split_logits(result.model, val), val.labels, val.num_classes, label_names=val.label_names)
-    missing = missing_modality_top1(result.model, test)
+        val_scores = score(split_logits(result.model, val), val.labels, val.num_classes, label_names=val.label_names,
+                           allowed=allowed)
+    missing = missing_modality_top1(result.model, test, allowed)
     trained = result.model.trained_values()
     metrics = {
         "val_top1": val_scores["top1"], "val_loss": val_scores["loss"],
@@ -231,7 +234,7 @@ def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit) ->
         "learned_alpha": trained.get("learned_alpha"), "learned_weight": trained.get("learned_weight"),
         "train_seconds": result.seconds,
     }
-    return metrics, logits.argmax(1).numpy().astype(np.int32)
+    return metrics, predicted_classes(logits, allowed).astype(np.int32)
 
 
 def _resolve_jobs(jobs: int | None, tasks: int) -> int:

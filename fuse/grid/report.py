@@ -74,7 +74,13 @@ INTERVALS_NOTE = (
     "percentile bootstrap over test clips (per-clip correctness averaged over those seeds, clips resampled "
     "with replacement): it covers the choice of test clips, the t-interval the training noise. head_comparison: "
     "the same paired bootstrap between two heads. test_top1_no_video/no_audio: test top-1 with that modality's "
-    "inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets the others right.")
+    "inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets the others right: "
+    "the masked_classes (absent from train) are masked in every prediction, so no head ever predicts them.")
+
+
+def _masked_note(ceiling: dict) -> str:
+    count = ceiling.get("masked_classes")
+    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
 
 
 def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -149,7 +155,7 @@ def format_summary_table(summary, test_clips: int | None = None) -> str:
     ceiling = context.get("ceiling")
     if ceiling:
         out.append(f"learnable ceiling: {ceiling['seen_label_clips']} of {ceiling['clips']} test clips have a label "
-                   f"seen in training (top-1 at most {_fmt(ceiling['max_top1'])})")
+                   f"seen in training (top-1 at most {_fmt(ceiling['max_top1'])})" + _masked_note(ceiling))
     note = "intervals: t over seeds; vs none: paired bootstrap over test clips, seeds pooled; no video/audio: " \
            "test top-1 with that modality zeroed"
     if test_clips:
