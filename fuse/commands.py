@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from alphafuse.cache import read_split
-from alphafuse.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
-CONFIG_FILE = "config.json"    # what a run or grid ran with: settings, backbones, preprocessing
+CONFIG_FILE = "config.json"    # what a run or grid ran with (fuse/run.py and fuse/grid/report.py write it)
 
 
 def optional_split(cache_dir: Path, name: str):
@@ -43,7 +42,7 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     out_dir = out_dir or run_dir / run_name(cfg)
     train = read_split(Path(cache) / "train.h5")
     metrics = fuse_run(train, optional_split(cache, "val"), optional_split(cache, "test"), cfg, out_dir,
-                       overwrite=overwrite)
+                       overwrite=overwrite, record={"cache_dir": str(Path(cache).resolve())})
     echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']} (trained in {metrics['train_seconds']:.2f} s)")
     for name in ("val", "test"):
         best, last = metrics.get(name), (metrics.get("last") or {}).get(name)
@@ -61,10 +60,6 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     if missing:
         echo("  test top1 with a modality missing: " + ", ".join(f"{m.replace('_', ' ')} {v:.3f}"
                                                                    for m, v in missing.items()))
-    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(
-        {"command": "fuse", "cache_dir": str(cache), "config": cfg.to_dict(),
-         "backbones": train.backbones, "preprocessing": train.preprocessing,
-         "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
     echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png, "
          f"{CONFIG_FILE})")
     return metrics
@@ -78,15 +73,17 @@ def _masked_note(ceiling: dict) -> str:
 
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
                      echo: Echo = print) -> dict:
+    from .provenance import check_identity, recorded_cache_dir
     from .run import evaluate_run, load_run
 
-    if cache_dir is None:
-        _, meta = load_run(run_dir)
-        recorded = (meta.get("cache_paths") or {}).get("train")
-        if not recorded:
-            raise ValueError(f"{run_dir} does not record its cache: give the cache folder (cache_dir)")
-        cache_dir = Path(recorded).parent
-    metrics = evaluate_run(run_dir, read_split(Path(cache_dir) / f"{split}.h5"), predictions, which=which)
+    _, meta = load_run(run_dir)
+    if cache_dir is None:   # the cache the run was trained on, as it was then, or a refusal
+        cache_dir = recorded_cache_dir(meta, run_dir)
+        features = read_split(Path(cache_dir) / f"{split}.h5")
+        check_identity(meta.get("cache"), split, features, f"run {run_dir}")
+    else:   # another cache: its backbones, preprocessing and classes must be the run's (evaluate_run)
+        features = read_split(Path(cache_dir) / f"{split}.h5")
+    metrics = evaluate_run(run_dir, features, predictions, which=which)
     if as_json:
         echo(json.dumps(metrics, indent=2))
         return metrics
@@ -189,12 +186,9 @@ def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: 
             bar.update(1)
             bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
         result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
-                          overwrite=overwrite)
+                          overwrite=overwrite, record={"cache_dir": str(Path(cache).resolve()), "sweep": sweep,
+                                                       "seeds": seeds, "base": base.to_dict()})
     table = format_summary_table(result, len(result.test_labels))
-    atomic_write_text(Path(out_dir) / CONFIG_FILE, json.dumps(
-        {"command": "grid", "cache_dir": str(cache), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
-         "configs": len(configs), "backbones": train.backbones, "preprocessing": train.preprocessing,
-         "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
     echo(table)
     echo(f"{len(result.rows)} heads trained in {result.seconds:.1f} s ({result.method}, {result.jobs} job(s)); "
          f"written to {out_dir}/: " + ", ".join(sorted(p.name for p in result.files.values())))

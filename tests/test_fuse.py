@@ -355,7 +355,7 @@ def test_load_run_round_trip_gives_identical_logits(run_dir, splits):
     video, audio = torch.from_numpy(test.video), torch.from_numpy(test.audio)
     with torch.no_grad():
         assert torch.equal(model(video, audio), retrained(video, audio))
-    assert evaluate_run(out, test) == {**metrics["test"], "unseen_in_train": []}
+    assert evaluate_run(out, test) == {**metrics["test"], "unseen_in_train": [], "masked_in_prediction": []}
     assert evaluate_run(out, test, which="last")["top1"] == metrics["last"]["test"]["top1"]
 
 
@@ -431,7 +431,7 @@ def test_existing_run_is_refused_and_an_interrupted_overwrite_leaves_nothing_sta
         fuse_run(train, val, test, replace(cfg, seed=3), out, overwrite=True)
     # The old run's files were removed before the new one was written; the half-written head
     # never reached its real name, and nothing says the run finished.
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock"]   # its lock and marker
     with pytest.raises(FileNotFoundError, match="head.pt not found"):
         load_run(out)
 
@@ -445,8 +445,8 @@ def test_overwrite_removes_the_previous_runs_plots(splits, tmp_path):
     stray = out / "notes.txt"   # not a run file: left alone
     stray.write_text("mine")
     fuse_run(train, None, None, cfg, out, overwrite=True)   # no held-out split: no confusion matrix
-    assert sorted(p.name for p in out.iterdir()) == ["head.pt", "history.csv", "learning_curves.png",
-                                                     "metrics.json", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock", "config.json", "head.pt",
+                                                     "history.csv", "learning_curves.png", "metrics.json", "notes.txt"]
     assert json.loads((out / "metrics.json").read_text())["test"] is None
 
 

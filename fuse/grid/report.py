@@ -26,16 +26,19 @@ SUMMARY_JSON = "summary.json"
 PREDICTIONS_FILE = "predictions.npz"
 ALPHA_CURVE_FILE = "alpha_curve.png"
 BARS_FILE = "preset_bars.png"
-GRID_MARKERS = (RESULTS_FILE, SUMMARY_JSON)
+GRID_MARKERS = (SUMMARY_JSON,)   # a finished grid: summary.json is written last
 RESULT_COLUMNS = ("head", "modalities", "target", "transform", "alpha", "seed", "val_top1", "test_top1", "test_top5",
                   "test_map", "test_loss", "test_top1_no_video", "test_top1_no_audio", "best_epoch",
                   "learned_alpha", "learned_weight", "val_loss", "train_seconds", "config_id", "config")
-# Every file a grid writes, the finished-grid marker first: an overwrite removes them all.
-GRID_FILES = (SUMMARY_JSON, RESULTS_FILE, SUMMARY_CSV, PREDICTIONS_FILE, ALPHA_CURVE_FILE, BARS_FILE)
+CONFIG_FILE = "config.json"
+# Every file a grid writes, the finished-grid marker first: an overwrite removes them all
+# (rows/: each configuration's scores as it finished, fuse/grid/resume.py).
+GRID_FILES = (SUMMARY_JSON, RESULTS_FILE, SUMMARY_CSV, PREDICTIONS_FILE, ALPHA_CURVE_FILE, BARS_FILE, CONFIG_FILE,
+              "rows")
 
 
-def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
-    """Write results, summary, predictions and plots into ``out``; summary.json goes last."""
+def write_grid(out: Path, result, resamples: int, config: dict | None = None) -> dict[str, Path]:
+    """Write results, summary, predictions, plots and config.json into ``out``; summary.json goes last."""
     out = Path(out)
     files = {"results": out / RESULTS_FILE, "summary_csv": out / SUMMARY_CSV, "predictions": out / PREDICTIONS_FILE}
     _write_csv(files["results"], result.rows, RESULT_COLUMNS)
@@ -52,6 +55,10 @@ def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
         files["bars"] = out / BARS_FILE
         with atomic_write(files["bars"]) as f:
             bars_plot(result.summary, result.rows, f, len(result.test_labels))
+    if config is not None:
+        files["config"] = out / CONFIG_FILE
+        with atomic_write(files["config"], "w") as f:
+            json.dump(_json_safe(config), f, indent=2, default=str)
     files["summary_json"] = out / SUMMARY_JSON
     payload = {
         "configs": [{k: v for k, v in s.items() if not k.startswith("_")} for s in result.summary],
