@@ -6,7 +6,9 @@ there now. So a run records, per split, the absolute file and digests of what ma
 what it is, and every later reader compares them. The digests are of the clip ids and labels and
 of the settings the cache records (backbones with their seeds and fingerprints, preprocessing,
 extraction, class names, embedding shapes), not of the embeddings themselves: those follow from
-the rest, and hashing gigabytes at every ``evaluate`` would cost more than the check is worth.
+the rest, and hashing gigabytes at every ``evaluate`` would cost more than the check is worth;
+``values`` digests a sample of them (up to 64 rows per embedding, as float32), which tells a
+re-extraction with other weights or inputs apart.
 
 Everything that records or checks an identity goes through :func:`cache_identity` and
 :func:`check_identity`, so a change in how caches are addressed changes these two functions only.
@@ -22,7 +24,8 @@ import numpy as np
 from alphafuse.cache import CacheError, FeatureSplit
 
 # The parts of a split's identity, each digested on its own so that a refusal can name the part.
-PARTS = ("clips", "labels", "backbones", "preprocessing", "extraction", "label_names", "embeddings")
+PARTS = ("clips", "labels", "backbones", "preprocessing", "extraction", "label_names", "embeddings", "values")
+SAMPLED_ROWS = 64
 
 
 def split_identity(split: FeatureSplit) -> dict:
@@ -33,9 +36,22 @@ def split_identity(split: FeatureSplit) -> dict:
               "extraction": split.attrs.get("extraction", {}), "label_names": list(split.label_names),
               "embeddings": embeddings}
     digests = {part: hashlib.sha256(json.dumps(values[part], sort_keys=True, default=str).encode()).hexdigest()[:16]
-               for part in PARTS}
+               for part in PARTS if part != "values"}
+    digests["values"] = _sampled_values(split)
     path = str(Path(split.path).resolve()) if split.path is not None else None
     return {"file": path, "num_clips": len(split), **digests}
+
+
+def _sampled_values(split: FeatureSplit) -> str:
+    """sha256 of up to SAMPLED_ROWS evenly spaced rows of every embedding, as float32 (the cache's
+    float64 input is stored as float32, float16 widens exactly), read row by row (lazy arrays)."""
+    digest = hashlib.sha256()
+    rows = np.unique(np.linspace(0, len(split) - 1, min(len(split), SAMPLED_ROWS)).astype(int)) if len(split) else []
+    for name in sorted(split.embeddings):
+        array = split.embeddings[name]
+        for i in rows:
+            digest.update(np.ascontiguousarray(np.asarray(array[int(i)], dtype=np.float32)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_identity(splits: dict[str, FeatureSplit | None]) -> dict:
