@@ -9,7 +9,7 @@ from alphafuse.cache import CacheError, FeatureSplit
 
 from .heads import MODALITY_NAMES, Head
 from .inputs import HeadInputs, view_counts, where
-from .metrics import allowed_classes, mask_unseen, score
+from .metrics import mask_unseen, score, seen_in_train
 from .train import predict_logits
 
 # Logits are read and softmaxed this many clips at a time (a lazily read 180k x 10 x 309 array).
@@ -24,12 +24,6 @@ def split_logits(model: Head, split: FeatureSplit, device=None, zeroed=()) -> to
     for modality in zeroed:
         data = data.without(modality)
     return predict_logits(model, data).cpu()
-
-
-def seen_in_train(train: FeatureSplit) -> np.ndarray:
-    """The classes of ``train``'s vocabulary that it holds clips of: what a head trained on it may
-    predict (metrics.mask_unseen masks the others)."""
-    return allowed_classes(train.label_names, {train.label_names[c] for c in np.unique(train.labels)})
 
 
 def predicted_classes(logits: torch.Tensor, allowed) -> np.ndarray:

@@ -3,8 +3,9 @@
 A head trained on a split that lacks some classes has output columns for them all the same (the
 vocabulary is the cache's); left in, their untrained logits win by chance and a score can
 exceed the learnable ceiling. Every prediction alphafuse makes from a trained head (fuse,
-evaluate, grid, predict) therefore goes through :func:`mask_unseen`: the classes absent from
-the training split get a logit of -inf, so a head never predicts a class it never saw.
+evaluate, grid, predict, and the per-epoch validation that picks the best epoch) therefore goes
+through :func:`mask_unseen`: the classes absent from the training split get a logit of -inf, so
+a head never predicts a class it never saw.
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def mask_unseen(logits, allowed):
     out = np.array(logits, dtype=np.float64, copy=True)
     out[:, ~allowed] = -np.inf
     return out
+
+
+def seen_in_train(train) -> np.ndarray:
+    """The mask of :func:`mask_unseen` for a head trained on ``train`` (a FeatureSplit): True for
+    each class of its vocabulary that it holds clips of."""
+    return np.isin(np.arange(train.num_classes), np.asarray(train.labels))
 
 
 def allowed_classes(label_names: Sequence[str], seen: Sequence[str]) -> np.ndarray:

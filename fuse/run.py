@@ -39,10 +39,10 @@ from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
 from . import plots
 from .config import TrainConfig
 from .folder import check_kind, claim
-from .evaluation import learnable, missing_modality_top1, predicted_classes, seen_in_train, split_logits
+from .evaluation import learnable, missing_modality_top1, predicted_classes, split_logits
 from .heads import Head, head_from_config
 from .inputs import require_embeddings
-from .metrics import allowed_classes, mask_unseen, score
+from .metrics import allowed_classes, mask_unseen, score, seen_in_train
 from .provenance import cache_identity
 from .train import train_head
 

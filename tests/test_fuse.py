@@ -521,3 +521,17 @@ def test_masking_keeps_top5_honest_with_fewer_allowed_classes_than_five():
     assert out["loss"] == pytest.approx(score(logits, np.array([3, 1]), 6)["loss"])   # the unmasked objective
     with pytest.raises(ValueError, match="no class is allowed"):
         score(logits, np.array([3, 1]), 6, allowed=np.zeros(6, bool))
+
+
+def test_the_best_epoch_is_chosen_on_the_masked_val_score_that_is_reported(tmp_path):
+    """history.csv's val top-1 at the best epoch is the val top-1 metrics.json reports: the
+    per-epoch validation masks the classes absent from train as the final scores do."""
+    train = make_split("train", 120, 0, classes=range(4))
+    val, test = make_split("val", 60, 1), make_split("test", 60, 2)
+    metrics = fuse_run(train, val, test, TrainConfig(**{**FAST, "epochs": 4, "lr": 1e-4}), tmp_path / "run")
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+    best = rows[metrics["best_epoch"]]
+    assert float(best["val_top1"]) == pytest.approx(metrics["val"]["top1"], abs=1e-9)
+    assert float(best["val_top5"]) == pytest.approx(metrics["val"]["top5"], abs=1e-9)
+    assert all(float(r["val_top1"]) <= metrics["learnable"]["val"]["max_top1"] for r in rows.values())

@@ -22,9 +22,9 @@ import torch
 from alphafuse.cache import FeatureSplit, check_compatible
 
 from ..config import TrainConfig
-from ..evaluation import learnable, missing_modality_top1, predicted_classes, seen_in_train, split_logits
+from ..evaluation import learnable, missing_modality_top1, predicted_classes, split_logits
 from ..inputs import require_embeddings
-from ..metrics import score
+from ..metrics import score, seen_in_train
 from ..folder import check_kind, claim, mark, remove_files
 from ..provenance import cache_identity
 from ..run import check_out_dir
