@@ -38,15 +38,15 @@ def missing_modality_top1(model: Head, split: FeatureSplit, allowed=None) -> dic
     How much the head leans on each modality, and what it does when one is missing (a clip
     without an audio stream). A head that never reads a modality scores the same without it.
     """
-    return {f"no_{m}": float((predicted_classes(split_logits(model, split, zeroed=(m,)), allowed) == split.labels).mean())
+    return {f"no_{m}": float((predicted_classes(split_logits(model, split, zeroed=(m,)), allowed)
+                              == split.labels).mean())
             for m in MODALITY_NAMES}
 
 
 def learnable(train: FeatureSplit, split: FeatureSplit) -> dict:
     """How many clips of ``split`` have a label seen in training: no head can get the others right.
 
-    (On the paper's 20-clip test split only 4 do, which caps its top-1 at 0.2.)
-    The ceiling holds because every prediction masks the ``masked_classes`` (those absent from
+    (On the paper's 20-clip test split only 4 do, which caps its top-1 at 0.2.) The ceiling holds because every prediction masks the ``masked_classes`` (those absent from
     train, metrics.mask_unseen): no clip of them can be a hit, at top-1 or top-5.
     """
     seen = np.isin(split.labels, np.unique(train.labels))

@@ -422,8 +422,9 @@ def test_overwritten_grid_keeps_no_file_of_the_previous_one(splits, tmp_path):
     run_grid(*splits, sweep("scale", "video", "0.5,1", seeds=1, base=base, learned=False), out)
     assert (out / "alpha_curve.png").is_file()
     run_grid(*splits, paper_preset(seeds=1, base=base)[:2], out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock", "config.json", "predictions.npz",
-                                                     "preset_bars.png", "results.csv", "summary.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock", "config.json",
+                                                     "predictions.npz", "preset_bars.png", "results.csv", "summary.csv",
+                                                     "summary.json"]
     assert len(read_csv(out / "results.csv")) == 2
 
 
