@@ -82,12 +82,13 @@ def check_kind(path, kind: str) -> None:
 
 
 @contextmanager
-def claim(path, kind: str) -> Iterator[Folder]:
+def claim(path, kind: str, known=()) -> Iterator[Folder]:
     """Create ``path`` if needed, lock it for this command and mark what it holds.
 
-    Refused in one line: a folder locked by another command, or holding the other kind. On an
-    exception, what this call created (the folder and its bookkeeping files) is removed when
-    nothing else was written there. The lock is released on exit.
+    Refused in one line: a folder locked by another command, or holding the other kind. Under
+    the lock, the temporaries of the ``known`` files (and of the marker) that a killed writer
+    left are removed. On an exception, what this call created (the folder and its bookkeeping
+    files) is removed when nothing else was written there. The lock is released on exit.
     """
     path = Path(path)
     check_kind(path, kind)
@@ -96,6 +97,8 @@ def claim(path, kind: str) -> Iterator[Folder]:
     handle = _lock(path)
     try:
         check_kind(path, kind)   # again, now that no other writer can change it
+        for name in (*known, MARKER_FILE):   # what SIGKILL left mid-write; no writer holds them now
+            Path(str(path / name) + TMP_SUFFIX).unlink(missing_ok=True)
         previous = recorded_settings(path)
         if not (path / MARKER_FILE).is_file():
             mark(path, kind)

@@ -85,7 +85,7 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
         require_embeddings(split, cfg.needs(), cfg.head)
     check_kind(out_dir, "run")
     check_out_dir(out_dir, overwrite)
-    with claim(out_dir, "run"):
+    with claim(out_dir, "run", RUN_FILES):
         check_out_dir(out_dir, overwrite)   # again under the lock: a run may have finished meanwhile
         result = train_head(train, val, cfg)
         out_dir = prepare_out_dir(out_dir, overwrite, known=RUN_FILES)

@@ -98,7 +98,10 @@ def test_a_locked_folder_is_refused_and_a_failed_run_leaves_no_folder(splits, tm
 def test_a_head_is_trusted_only_beside_the_metrics_of_its_own_run(splits, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     fuse_run(*splits, QUICK, a)
-    fuse_run(*splits, replace(QUICK, seed=5), b)
+    (b / "confusion_matrix.png.tmp").parent.mkdir()
+    (b / "confusion_matrix.png.tmp").write_bytes(b"half")   # a run killed mid-write, then overwritten
+    fuse_run(*splits, replace(QUICK, seed=5), b, overwrite=True)
+    assert not list(b.glob("*.tmp"))
     (a / "metrics.json").write_bytes((b / "metrics.json").read_bytes())   # a mix, as racing runs left
     with pytest.raises(ValueError, match="head.pt and metrics.json are of different runs"):
         load_run(a)
@@ -186,6 +189,7 @@ def test_grid_stopped_while_writing_is_not_called_finished(splits, tmp_path, mon
     monkeypatch.undo()
     assert (out / "results.csv").is_file() and not (out / "summary.json").exists()
     (out / "summary.json.tmp").write_text("{")   # what SIGKILL leaves behind
+    (out / "alpha_curve.png.tmp").write_text("")   # a file this grid does not write again
     (out / "rows" / "00000.json.tmp").write_text("{")
     trained = []
     run_grid(*splits, configs, out, jobs=1, progress=lambda done, total, row: trained.append(done))

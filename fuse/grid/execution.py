@@ -108,7 +108,7 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")
     identity = cache_identity({"train": train, "val": val, "test": test})
     settings = grid_settings(configs, identity, resamples, bootstrap_seed)
-    with claim(out_dir, "grid") as folder:
+    with claim(out_dir, "grid", GRID_FILES) as folder:
         out = check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")   # again, under the lock
         if overwrite or folder.settings is None:
             remove_files(out, GRID_FILES)   # an overwritten grid, or one from before resumable grids
