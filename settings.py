@@ -10,6 +10,7 @@ for whichever selected backbone has that option, or ``[backbones.NAME]`` for one
 """
 from __future__ import annotations
 
+import numbers
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,32 @@ class SettingError(ValueError):
     """A setting with a wrong type, value or name; the message names the flag or the key."""
 
 
+# Every integer setting lies in a range: its own, else what a 64-bit integer holds (torch and
+# numpy take nothing wider, and say so with a traceback: "Overflow when unpacking long long").
+INT_RANGE = (-(2 ** 63), 2 ** 63 - 1)
+SEED_RANGE = (0, 2 ** 63 - 1)
+
+
+def check_int(value, where: str, minimum=None, maximum=None) -> int:
+    """``value`` as an int within [minimum, maximum] (each defaulting to INT_RANGE's end), or a
+    SettingError naming ``where``, the range and the value. The one check of every integer
+    setting: flags, config keys, TrainConfig's fields and backbone options."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingError(f"{where} must be an integer, got {value!r}")
+    low = INT_RANGE[0] if minimum is None else minimum
+    high = INT_RANGE[1] if maximum is None else maximum
+    if value < low and maximum is None and minimum is not None:
+        raise SettingError(f"{where} must be at least {low:g}, got {_short(value)}")
+    if not low <= value <= high:
+        raise SettingError(f"{where} must be an integer from {low} to {high}, got {_short(value)}")
+    return int(value)
+
+
+def _short(value: int) -> str:
+    """An integer for a message: whole up to 30 digits, else its size (str() refuses 4300 digits)."""
+    return str(value) if abs(value) < 10 ** 30 else f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: str                      # int, float, str, bool, path, ints (comma list), strs (list)
@@ -31,6 +58,7 @@ class Setting:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None   # inclusive lower bound for numbers
+    maximum: int | None = None     # inclusive upper bound of an int (None: INT_RANGE's)
 
     def check(self, name: str, value, where: str):
         """The value converted to this setting's kind, or a SettingError naming ``where``."""
@@ -41,8 +69,7 @@ class Setting:
             if not isinstance(value, bool):
                 raise SettingError(f"{where} must be true or false, got {value!r}")
         elif kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SettingError(f"{where} must be an integer, got {value!r}")
+            value = check_int(value, where, self.minimum, self.maximum)
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SettingError(f"{where} must be a number, got {value!r}")
@@ -56,6 +83,7 @@ class Setting:
                 value = tuple(int(str(x).strip()) for x in items if str(x).strip() != "")
             except (TypeError, ValueError):
                 raise SettingError(f"{where} must be integers such as 1024,512, got {value!r}") from None
+            value = tuple(check_int(v, where, self.minimum, self.maximum) for v in value)
         elif kind == "strs":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
@@ -65,7 +93,7 @@ class Setting:
             bad = [v for v in (value if kind == "strs" else (value,)) if v not in self.choices]
             if bad:
                 raise SettingError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {bad[0]!r}")
-        if self.minimum is not None and kind in ("int", "float") and value < self.minimum:
+        if self.minimum is not None and kind == "float" and value < self.minimum:
             raise SettingError(f"{where} must be at least {self.minimum:g}, got {value!r}")
         if self.minimum is not None and kind == "ints" and any(v < self.minimum for v in value):
             raise SettingError(f"{where} must be at least {self.minimum:g} each, got {value!r}")
@@ -177,7 +205,8 @@ SETTINGS = {
                                              "(TSAM's JSON config: its model and shift_temporal sections)."),
     "trust_checkpoint": Setting("bool", False, "Fully unpickle checkpoints that hold Python objects (they can run code: only files you trust)."),
     "arch": Setting("str", "base", "Backbone size; tiny is for tests and CPU demos.", ("base", "tiny")),
-    "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse)."),
+    "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse).",
+                    minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
     "spatial_crops": Setting("int", 1, "1: one view; 3: left/centre/right views, one embedding each, scores averaged.", (1, 3)),
     "temporal_views": Setting("int", 1, "K clips per video (the sampling rule's views), one embedding each, scores averaged.",
                               minimum=1),

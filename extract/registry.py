@@ -148,6 +148,9 @@ def create_backbone(name: str, checkpoint=None, **overrides):
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, want):
             raise ValueError(f"backbone option {name}.{key} must be a {type(default).__name__} "
                              f"(like its default {default!r}), got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):   # within what a 64-bit integer holds
+            from alphafuse.settings import check_int   # here: settings imports the registry for its choices
+            check_int(value, f"backbone option {name}.{key}")
     return entry.build(checkpoint, **overrides)
 
 

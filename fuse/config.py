@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from alphafuse.settings import SEED_RANGE, check_int
+
 from .heads import DEFAULT_HEAD, check_head_options, get_head
 from .transforms import MODALITIES, resolve_target, validate_transform
 
@@ -55,7 +57,7 @@ class TrainConfig:
             raise ValueError(f"unknown modalities {self.modalities!r}; choose one of {', '.join(MODALITIES)}")
         if not all(_is_int(h) and h > 0 for h in self.hidden):
             raise ValueError(f"hidden sizes must be positive integers, got {self.hidden}")
-        self.hidden = tuple(int(h) for h in self.hidden)
+        self.hidden = tuple(check_int(h, "hidden", 1) for h in self.hidden)
         for name, high in (("dropout", 1), ("modality_dropout", 1)):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and 0 <= value < high):
@@ -69,11 +71,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_int(value) and (least is None or value >= least)):
                 raise ValueError(f"{name} must be a{' positive' if least else 'n'} integer, got {value!r}")
-            setattr(self, name, int(value))  # numpy integers from a sweep become plain ints
+            # numpy integers from a sweep become plain ints; each within its range (settings.py)
+            setattr(self, name, check_int(value, name, *(SEED_RANGE if name == "seed" else (least, None))))
         if self.patience is not None:
             if not (_is_int(self.patience) and self.patience >= 1):
                 raise ValueError(f"patience must be a positive number of epochs or None, got {self.patience!r}")
-            self.patience = int(self.patience)
+            self.patience = check_int(self.patience, "patience", 1)
         self.lr, self.alpha_lr = float(self.lr), float(self.alpha_lr)
         try:
             torch.device(self.device)

@@ -21,6 +21,7 @@ from alphafuse.extract.runner import PRECISIONS, Roles, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits
+from .metrics import allowed_classes, mask_unseen
 from .run import load_run
 
 
@@ -34,11 +35,13 @@ class AlphaTransformer(nn.Module):
 
     def __init__(self, roles: dict, head: Head, label_names: list[str] | None = None,
                  preprocessing: dict | None = None, embedding_info: dict | None = None,
-                 extraction: dict | None = None):
+                 extraction: dict | None = None, train_classes=None):
         super().__init__()
         self.backbones = nn.ModuleDict(roles)
         self.head = head
         self.label_names = list(label_names or [])
+        # What predict_files may predict: the classes the head saw in training (None: all).
+        self.allowed = None if train_classes is None else allowed_classes(self.label_names, train_classes)
         self.specs = {slot: spec_from_dict(slot, d) for slot, d in (preprocessing or {}).items()}
         self.embedding_info = dict(embedding_info or {})
         names = head.input_names()
@@ -90,12 +93,13 @@ class AlphaTransformer(nn.Module):
         roles = {role: rebuild_backbone(description, given.get(role) or sources.get(role))
                  for role, description in meta["backbones"].items()}
         model = cls(roles, head, meta["label_names"], meta["preprocessing"], meta.get("embedding_info"),
-                    meta.get("extraction"))
+                    meta.get("extraction"), meta.get("train_classes"))
         return model.to(device).eval()
 
     @torch.inference_mode()
     def predict_files(self, paths, top_k: int = 5) -> list[dict]:
-        """Decode each file as extraction did and return its top-k labels with probabilities.
+        """Decode each file as extraction did and return its top-k labels with probabilities, over the
+        classes the head saw in training (the others masked, metrics.mask_unseen; never listed).
 
         A file that cannot be read gives ``{"path", "error"}`` instead of stopping the others.
         """
@@ -107,8 +111,9 @@ class AlphaTransformer(nn.Module):
             except ClipError as exc:
                 results.append({"path": str(path), "error": exc.reason})
                 continue
-            probs = torch.softmax(self(clip.video[None].to(device), clip.fbank[None].to(device)), dim=1)[0].cpu()
-            top = probs.topk(min(top_k, len(probs)))
+            logits = self(clip.video[None].to(device), clip.fbank[None].to(device)).cpu()
+            probs = torch.softmax(mask_unseen(logits, self.allowed), dim=1)[0]
+            top = probs.topk(min(top_k, len(probs) if self.allowed is None else int(self.allowed.sum())))
             results.append({"path": str(path), "has_audio": clip.has_audio,
                             "top": [{"label": self.label_names[i], "probability": float(p)}
                                     for p, i in zip(top.values.tolist(), top.indices.tolist())]})

@@ -185,3 +185,18 @@ def test_cavmae_heads_cached_path_equals_end_to_end(synthesized, tmp_path, head,
     assert set(model.backbones) == {"audiovisual"}
     cached = _cached_logits(tmp_path / "run", features)
     assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < PARITY_TOL
+
+
+def test_predict_never_lists_a_class_absent_from_training(subset_dir, tmp_path):
+    """predict masks the classes the head never saw, as fuse, evaluate and grid do: with top-k as
+    large as the vocabulary, only the trained classes are listed, their probabilities summing to 1."""
+    manifest = read_manifest(subset_dir / "manifest.csv")
+    features = _extract_and_fuse(manifest, "val", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
+                                 TrainConfig(epochs=1, hidden=(16,)), limit=4)
+    seen = {features.label_names[c] for c in np.unique(features.labels)}
+    assert len(seen) < len(manifest.label_names)   # some classes were never trained
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    paths = [c.path for c in manifest.clips if c.clip_id in set(features.clip_ids)][:2]
+    for result in model.predict_files(paths, top_k=len(manifest.label_names)):
+        assert {t["label"] for t in result["top"]} == seen
+        assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0, abs=1e-5)
