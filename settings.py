@@ -153,8 +153,8 @@ def _choices(kind: str) -> tuple:
         from alphafuse.fuse.heads import head_names
         return tuple(head_names())
     if kind == "sampling":
-        from alphafuse.data.sampling import SAMPLINGS
-        return tuple(sorted(SAMPLINGS))
+        from alphafuse.data.sampling import sampling_names
+        return tuple(sampling_names())
     from alphafuse.extract import backbone_names
     return tuple(backbone_names(kind))
 
