@@ -31,6 +31,7 @@ class Setting:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None   # inclusive lower bound for numbers
+    exists: bool = False           # a path that must exist when given (checked after config paths resolve)
 
     def check(self, name: str, value, where: str):
         """The value converted to this setting's kind, or a SettingError naming ``where``."""
@@ -123,13 +124,19 @@ class Settings:
         (the schema's default when not given; REQUIRED: an error naming flag and key)."""
         setting = self.schema[key]
         if flag_value is not None and flag_value != ():
-            return setting.check(key, flag_value, flag(key))
+            return _existing(setting, setting.check(key, flag_value, flag(key)), flag(key))
         if key in self.values and self.values[key] is not None:
-            return self.values[key]
+            return _existing(setting, self.values[key], f"{self.path}: {key}")
         if default is REQUIRED and setting.default is None:
             where = f"set {key} in {self.path}" if self.path.is_file() else f"put {key} = ... in {DEFAULT_CONFIG}"
             raise SettingError(f"no {key.replace('_', ' ')}: pass {flag(key)} or {where}")
         return setting.default if default is REQUIRED else default
+
+
+def _existing(setting: Setting, value, where: str):
+    if setting.exists and value is not None and not Path(value).exists():
+        raise SettingError(f"{where}: {value} does not exist")
+    return value
 
 
 def _similar(a: str, b: str) -> bool:
@@ -159,6 +166,15 @@ def _choices(kind: str) -> tuple:
     return tuple(backbone_names(kind))
 
 
+def _train_default(name: str):
+    """A head setting's default is TrainConfig's (whose MLP defaults are fuse/heads/base.py's):
+    defined once, shown by --help and used by fuse, grid and the demo alike."""
+    from dataclasses import fields
+
+    from alphafuse.fuse.config import TrainConfig
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
 SETTINGS = {
     # data and caches
     "manifest": Setting("path", None, "CSV `path,label,split`, official VGGSound CSV (with --video-root), or a folder per class."),
@@ -172,8 +188,10 @@ SETTINGS = {
     "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding.", _choices("audio")),
     "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above).",
                         _choices("audiovisual")),
-    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights."),
-    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights."),
+    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights "
+                                                 "(predict: where extraction read it; its sha256 must match)."),
+    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights "
+                                                 "(predict: where extraction read it; its sha256 must match)."),
     "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
     "backbone_config": Setting("path", None, "The backbone family's own config file, mapped onto its options "
                                              "(TSAM's JSON config: its model and shift_temporal sections)."),
@@ -197,18 +215,18 @@ SETTINGS = {
     "shard": Setting("str", None, "K/N: the K-th of N disjoint shards (0-based). Set by torchrun."),
     "device": Setting("str", "auto", "cpu, cuda, or auto (cuda when available).", ("cpu", "cuda", "auto")),
     # heads
-    "transform": Setting("str", "none", "How the target modality's embedding is transformed.", _choices("transforms")),
-    "target": Setting("str", "audio", "Which modality the transform applies to (timesformer=video, ast=audio).",
+    "transform": Setting("str", _train_default("transform"), "How the target modality's embedding is transformed.", _choices("transforms")),
+    "target": Setting("str", _train_default("target"), "Which modality the transform applies to (timesformer=video, ast=audio).",
                       ("timesformer", "ast", "video", "audio")),
     "alpha": Setting("float", None, "Scale for pos_scalar (> 1, default 1.5), neg_scalar (0..1, default 0.75) or scale (> 0)."),
-    "modalities": Setting("str", "both", "both, or a unimodal baseline head.", ("both", "video", "audio")),
-    "epochs": Setting("int", 25, "Training epochs.", minimum=1),
-    "lr": Setting("float", 1e-4, "Adam learning rate."),
-    "hidden": Setting("ints", (1024, 512), "Hidden layer sizes, comma-separated.", minimum=1),
-    "dropout": Setting("float", 0.5, "Dropout after each hidden layer, in [0, 1)."),
-    "head": Setting("str", "concat", "The fusion head (see the list below).", _choices("heads")),
-    "modality_dropout": Setting("float", 0.0, "Probability that a training clip loses one modality (zeroed), in [0, 1)."),
-    "patience": Setting("int", None, "Stop when validation has not improved for this many epochs (MBT's early stopping).",
+    "modalities": Setting("str", _train_default("modalities"), "both, or a unimodal baseline head.", ("both", "video", "audio")),
+    "epochs": Setting("int", _train_default("epochs"), "Training epochs.", minimum=1),
+    "lr": Setting("float", _train_default("lr"), "Adam learning rate."),
+    "hidden": Setting("ints", _train_default("hidden"), "Hidden layer sizes, comma-separated.", minimum=1),
+    "dropout": Setting("float", _train_default("dropout"), "Dropout after each hidden layer, in [0, 1)."),
+    "head": Setting("str", _train_default("head"), "The fusion head (see the list below).", _choices("heads")),
+    "modality_dropout": Setting("float", _train_default("modality_dropout"), "Probability that a training clip loses one modality (zeroed), in [0, 1)."),
+    "patience": Setting("int", _train_default("patience"), "Stop when validation has not improved for this many epochs (MBT's early stopping).",
                         minimum=1),
     # grids
     "heads": Setting("str", None, "Heads axis: comma-separated heads (concat,gated,late,bottleneck,layers), same seeds."),
@@ -222,4 +240,19 @@ SETTINGS = {
     "jobs": Setting("int", None, "Worker processes (one thread each). Default: one per core.", minimum=1),
     "method": Setting("str", "auto", "joblib: one head per task; vectorized: stacked heads; auto: the faster.",
                       ("auto", "joblib", "vectorized")),
+    # evaluate, predict and demo
+    "run": Setting("path", None, "A run directory (written by fuse).", exists=True),
+    "split": Setting("str", "test", "Split to score."),
+    "backbone_logits": Setting("bool", False, "Instead of a run: score the cache's own classifier outputs (a fine-tuned "
+                                              "CAV-MAE, TSM or TSAM), the mean of the per-view softmax, as the "
+                                              "backbone's reference evaluation."),
+    "backbone_labels": Setting("path", None, "With --backbone-logits: the backbone's class names, a "
+                                             "class_labels_indices.csv (index,mid,display_name) or one name per line.",
+                               exists=True),
+    "predictions": Setting("path", None, "Write clip_id, label, predicted and class probabilities as CSV."),
+    "which": Setting("str", "best", "Which saved epoch.", ("best", "last")),
+    "top_k": Setting("int", 5, "How many labels to show per video.", minimum=1),
+    "json": Setting("bool", False, "Print JSON."),
+    "workdir": Setting("path", "demo", "Where the demo's dataset, config, caches, runs and report go."),
+    "clips_per_class": Setting("int", 24, "Generated clips per class (6 classes).", minimum=4),
 }

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from .heads import DEFAULT_HEAD, check_head_options, get_head
+from .heads.base import DROPOUT, HIDDEN
 from .transforms import MODALITIES, resolve_target, validate_transform
 
 
@@ -35,8 +36,8 @@ class TrainConfig:
     target: str = "audio"
     alpha: float | None = None
     modalities: str = "both"
-    hidden: tuple[int, ...] = (1024, 512)
-    dropout: float = 0.5
+    hidden: tuple[int, ...] = HIDDEN
+    dropout: float = DROPOUT
     epochs: int = 25
     batch_size: int = 8
     lr: float = 1e-4

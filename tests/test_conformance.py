@@ -165,8 +165,17 @@ def head_splits():
     return _head_split("train", 48, 0), _head_split("val", 12, 1), _head_split("test", 12, 2)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny heads on one torch thread: two threads on a loaded 2-core machine wait on each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("name", head_names())
-def test_head_trains_saves_reloads_with_the_same_logits(name, head_splits, tmp_path):
+def test_head_trains_saves_reloads_with_the_same_logits(name, head_splits, tmp_path, one_thread):
     train, val, test = head_splits
     cfg = TrainConfig(head=name, epochs=3, hidden=(8,), batch_size=16, lr=1e-2, seed=1)
     trained = train_head(train, val, cfg).model.eval()

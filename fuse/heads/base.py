@@ -52,6 +52,12 @@ def drop_modalities(inputs: dict, p: float) -> dict:
     return out
 
 
+# The paper's MLP (1536 -> 1024 -> 512 -> classes, dropout 0.5): the one definition of these
+# defaults. Every MLP head's signature, TrainConfig and settings.py's --hidden/--dropout read them.
+HIDDEN: tuple[int, ...] = (1024, 512)
+DROPOUT: float = 0.5
+
+
 class FusionHead(nn.Sequential):
     """``in_dim -> hidden[0] -> ... -> num_classes`` with ReLU and dropout after each hidden layer.
 
@@ -59,8 +65,8 @@ class FusionHead(nn.Sequential):
     linear probe.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: Sequence[int] = (1024, 512),
-                 dropout: float = 0.5):
+    def __init__(self, in_dim: int, num_classes: int, hidden: Sequence[int] = HIDDEN,
+                 dropout: float = DROPOUT):
         sizes = [int(in_dim), *(int(h) for h in hidden)]
         if any(s < 1 for s in sizes) or num_classes < 1:
             raise ValueError(f"head sizes must be positive, got in_dim={in_dim}, hidden={tuple(hidden)}, "
