@@ -112,6 +112,10 @@ def register_backbone(name: str, *, modality: str, help: str = "", config_reader
             model.options = {k: v for k, v in bound.arguments.items() if k != "checkpoint"}
             # One implementation for every family (named like the attribute, so it pickles).
             model.preprocess = types.MethodType(preprocess, model)
+            missing = [m for m in backbone_members() if not hasattr(model, m)]
+            if missing:
+                raise TypeError(f"backbone {name}: {type(model).__name__} lacks {', '.join(missing)} "
+                                "(what extract/registry.py's Backbone protocol states)")
             return model
 
         doc = help or (inspect.getdoc(build) or "").split("\n")[0]
@@ -204,6 +208,12 @@ class Backbone(Protocol):
 
     def preprocess(self, path, with_info: bool = False, **kwargs):
         """One clip's model inputs exactly as extraction feeds them (see :func:`preprocess`)."""
+
+
+def backbone_members() -> tuple[str, ...]:
+    """The attributes and methods :class:`Backbone` states (checked on every registered build)."""
+    methods = {n for n, v in vars(Backbone).items() if callable(v) and not n.startswith("_")}
+    return tuple(sorted(set(Backbone.__annotations__) | methods))
 
 
 def preprocess(model, path: str | Path, with_info: bool = False, *, modality: str | None = None,
