@@ -93,11 +93,10 @@ class _BackbonesEpilog(click.Command):
     """Lists the registered backbones, what they encode and their options, under --help."""
 
     def format_epilog(self, ctx, formatter):
-        from alphafuse.extract import backbone_names, get_backbone
+        from alphafuse import catalogue
 
         rows = []
-        for name in backbone_names():
-            entry = get_backbone(name)
+        for name, entry in catalogue.entries("backbone").items():
             options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
             rows.append((name, f"{entry.modality}: {entry.help}. Options: {options}"))
         with formatter.section("Backbones (--video-backbone, --audio-backbone, --backbone; --backbone-opt KEY=VALUE)"):
@@ -132,13 +131,12 @@ class _HeadsEpilog(click.Command):
     """Lists the heads and the transforms under --help, from their registries."""
 
     def format_epilog(self, ctx, formatter):
-        from alphafuse.fuse.heads import head_help
-        from alphafuse.fuse.transforms import TRANSFORM_HELP
+        from alphafuse import catalogue
 
         with formatter.section("Heads (--head; --head-option KEY=VALUE sets one of its options)"):
-            formatter.write_dl(sorted(head_help().items()))
+            formatter.write_dl([(name, e.help) for name, e in catalogue.entries("head").items()])
         with formatter.section("Transforms (concat head: applied to --target before concatenation)"):
-            formatter.write_dl(sorted(TRANSFORM_HELP.items()))
+            formatter.write_dl(sorted(catalogue.transform_help().items()))
 
 
 _HEAD_SETTINGS = ("transform", "target", "alpha", "modalities", "epochs", "batch_size", "lr", "hidden", "dropout",
@@ -190,23 +188,33 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 
 @main.command()
 @config_option
-@options("run", "backbone_logits", "backbone_labels", "split", "cache_dir", "predictions", "which", "json")
+@options("run", "backbone_logits", "backbone_labels", "split", "cache_dir", "predictions", "which", "json",
+         "vggsounder", "vggsounder_labels")
 def evaluate(config, **flags):
-    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
+    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits).
+
+    With --vggsounder, also on VGGSounder's labels of the split's VGGSound clips, written to
+    <run>/vggsounder-<split>.json.
+    """
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
     s = settings(config, "evaluate")
-    get = lambda name: s.get(name, flags.get(name), None)   # noqa: E731  (defaults: the table's)
+    get = lambda name: s.get(name, flags.get(name), None)   # noqa: E731  (None unless given)
     split, as_json = s.get("split", flags["split"]), s.get("json", flags["json"])
+    vggsounder, vggsounder_labels = s.get("vggsounder", flags["vggsounder"]), get("vggsounder_labels")
     if s.get("backbone_logits", flags["backbone_logits"]):
+        if vggsounder:
+            raise click.UsageError("--vggsounder scores a run's head (--run), not --backbone-logits")
         if get("cache_dir") is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
         evaluate_backbone_command(Path(get("cache_dir")), split, get("backbone_labels"), as_json, echo=click.echo)
         return
     if get("run") is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
+    if vggsounder_labels and not vggsounder:
+        raise click.UsageError("--vggsounder-labels needs --vggsounder")
     evaluate_command(Path(get("run")), split, get("cache_dir"), get("predictions"), s.get("which", flags["which"]),
-                     as_json, echo=click.echo)
+                     as_json, echo=click.echo, vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
 
 
 @main.command()
@@ -233,7 +241,8 @@ def predict(videos, config, **flags):
 @main.command(cls=_HeadsEpilog)
 @config_option
 @options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
-         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
+         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience",
+         "vggsounder", "vggsounder_labels")
 @click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
               help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
@@ -244,7 +253,8 @@ def grid(config, cache_dir, out, overwrite, **flags):
     interval over seeds; test accuracy against the none baseline with a paired bootstrap
     interval over the same test clips; test top-1 with each modality missing; head-vs-head
     intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
-    target, or a bar chart per configuration.
+    target, or a bar chart per configuration. With --vggsounder, VGGSounder hit@1 and modality
+    confusion of each configuration on the test clips it annotates.
     """
     from alphafuse.fuse.commands import grid_command, per_head_options
 
@@ -259,7 +269,9 @@ def grid(config, cache_dir, out, overwrite, **flags):
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
                  method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
-                 head_options=per_head_options(flags["head_options"]))
+                 head_options=per_head_options(flags["head_options"]),
+                 vggsounder=s.get("vggsounder", flags["vggsounder"]),
+                 vggsounder_labels=s.get("vggsounder_labels", flags["vggsounder_labels"], None))
 
 
 # ----------------------------------------------------------------------------- demo
@@ -320,13 +332,16 @@ def _hint(exc: BaseException) -> str:
     return f" ({flag(hint)})" if hint else ""
 
 
+def _user_errors() -> tuple[type, ...]:
+    """The exceptions a user's input can cause, said in one line. Most are ValueError or OSError
+    (CacheError, CheckpointError, SettingError, WriteError); ClipError counts once its module is
+    loaded (it cannot be raised before), so a command's --help imports none of them."""
+    errors = sys.modules.get("alphafuse.data.errors")
+    return (ValueError, OSError) + ((errors.ClipError,) if errors else ())
+
+
 def run() -> None:
     """The console entry point: one line per error a user can cause, exit 130 on Ctrl-C."""
-    from alphafuse.cache import CacheError
-    from alphafuse.data import ClipError
-    from alphafuse.data.atomic import WriteError
-    from alphafuse.extract import CheckpointError
-
     verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -340,11 +355,12 @@ def run() -> None:
             sys.exit(1)
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except (SettingError, CacheError, CheckpointError, ClipError, WriteError, ValueError, OSError) as exc:
-        if verbose:
+    except Exception as exc:
+        if verbose or not isinstance(exc, _user_errors()):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename:
+        atomic = sys.modules.get("alphafuse.data.atomic")
+        if isinstance(exc, OSError) and not (atomic and isinstance(exc, atomic.WriteError)) and exc.filename:
             from alphafuse.data.atomic import describe_os_error
             message = f"{exc.filename}: {describe_os_error(exc)}"
         click.echo(f"Error: {message}{_hint(exc)}", err=True)

@@ -153,28 +153,19 @@ def _similar(a: str, b: str) -> bool:
 
 
 def _choices(kind: str) -> tuple:
+    """A registry's names, read from the source (catalogue.py) so that building the command line
+    imports no model code."""
+    from alphafuse import catalogue
+
     if kind == "transforms":
-        from alphafuse.fuse.transforms import TRANSFORMS
-        return TRANSFORMS
-    if kind == "heads":
-        from alphafuse.fuse.heads import head_names
-        return tuple(head_names())
-    if kind == "sampling":
-        from alphafuse.data.sampling import sampling_names
-        return tuple(sampling_names())
-    from alphafuse.extract import backbone_names
-    return tuple(backbone_names(kind))
+        return catalogue.transforms()
+    if kind in ("heads", "sampling"):
+        return tuple(catalogue.entries(kind.rstrip("s")))
+    return tuple(catalogue.backbone_names(kind))
 
 
-def _train_default(name: str):
-    """A head setting's default is TrainConfig's (whose MLP defaults are fuse/heads/base.py's):
-    defined once, shown by --help and used by fuse, grid and the demo alike."""
-    from dataclasses import fields
-
-    from alphafuse.fuse.config import TrainConfig
-    return next(f.default for f in fields(TrainConfig) if f.name == name)
-
-
+# The one definition of every default, the heads' and TrainConfig's included: fuse/config.py and
+# fuse/heads/ read theirs from this table (this module imports nothing heavy, so they can).
 SETTINGS = {
     # data and caches
     "manifest": Setting("path", None, "CSV `path,label,split`, official VGGSound CSV (with --video-root), or a folder per class."),
@@ -215,18 +206,18 @@ SETTINGS = {
     "shard": Setting("str", None, "K/N: the K-th of N disjoint shards (0-based). Set by torchrun."),
     "device": Setting("str", "auto", "cpu, cuda, or auto (cuda when available).", ("cpu", "cuda", "auto")),
     # heads
-    "transform": Setting("str", _train_default("transform"), "How the target modality's embedding is transformed.", _choices("transforms")),
-    "target": Setting("str", _train_default("target"), "Which modality the transform applies to (timesformer=video, ast=audio).",
+    "transform": Setting("str", "none", "How the target modality's embedding is transformed.", _choices("transforms")),
+    "target": Setting("str", "audio", "Which modality the transform applies to (timesformer=video, ast=audio).",
                       ("timesformer", "ast", "video", "audio")),
     "alpha": Setting("float", None, "Scale for pos_scalar (> 1, default 1.5), neg_scalar (0..1, default 0.75) or scale (> 0)."),
-    "modalities": Setting("str", _train_default("modalities"), "both, or a unimodal baseline head.", ("both", "video", "audio")),
-    "epochs": Setting("int", _train_default("epochs"), "Training epochs.", minimum=1),
-    "lr": Setting("float", _train_default("lr"), "Adam learning rate."),
-    "hidden": Setting("ints", _train_default("hidden"), "Hidden layer sizes, comma-separated.", minimum=1),
-    "dropout": Setting("float", _train_default("dropout"), "Dropout after each hidden layer, in [0, 1)."),
-    "head": Setting("str", _train_default("head"), "The fusion head (see the list below).", _choices("heads")),
-    "modality_dropout": Setting("float", _train_default("modality_dropout"), "Probability that a training clip loses one modality (zeroed), in [0, 1)."),
-    "patience": Setting("int", _train_default("patience"), "Stop when validation has not improved for this many epochs (MBT's early stopping).",
+    "modalities": Setting("str", "both", "both, or a unimodal baseline head.", ("both", "video", "audio")),
+    "epochs": Setting("int", 25, "Training epochs.", minimum=1),
+    "lr": Setting("float", 1e-4, "Adam learning rate."),
+    "hidden": Setting("ints", (1024, 512), "Hidden layer sizes, comma-separated.", minimum=1),
+    "dropout": Setting("float", 0.5, "Dropout after each hidden layer, in [0, 1)."),
+    "head": Setting("str", "concat", "The fusion head (see the list below).", _choices("heads")),
+    "modality_dropout": Setting("float", 0.0, "Probability that a training clip loses one modality (zeroed), in [0, 1)."),
+    "patience": Setting("int", None, "Stop when validation has not improved for this many epochs (MBT's early stopping).",
                         minimum=1),
     # grids
     "heads": Setting("str", None, "Heads axis: comma-separated heads (concat,gated,late,bottleneck,layers), same seeds."),
@@ -238,6 +229,11 @@ SETTINGS = {
     "learned": Setting("bool", None, "Also train the learned-alpha head per target (default: on for sweeps, off for the preset)."),
     "seeds": Setting("int", 5, "Seeds per configuration.", minimum=1),
     "jobs": Setting("int", None, "Worker processes (one thread each). Default: one per core.", minimum=1),
+    # VGGSounder (evaluate, grid)
+    "vggsounder": Setting("bool", False, "Also score on VGGSounder's multi-label, modality-tagged labels of VGGSound's "
+                                         "test clips: hit@1/5, mAP per label modality, modality confusion."),
+    "vggsounder_labels": Setting("path", None, "A VGGSounder label CSV (video_id,label,modality,background_music,"
+                                               "static_image,voice_over) instead of the one the package ships."),
     "method": Setting("str", "auto", "joblib: one head per task; vectorized: stacked heads; auto: the faster.",
                       ("auto", "joblib", "vectorized")),
     # evaluate, predict and demo

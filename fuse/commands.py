@@ -71,16 +71,27 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
 
 
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
-                     echo: Echo = print) -> dict:
+                     echo: Echo = print, *, vggsounder: bool = False, vggsounder_labels=None) -> dict:
+    """Re-score a run on a split; with ``vggsounder`` also on VGGSounder's labels of its clips,
+    written to ``<run>/vggsounder-<split>.json`` (returned under the key ``vggsounder``)."""
     from .run import evaluate_run, load_run
 
+    _, meta = load_run(run_dir)
     if cache_dir is None:
-        _, meta = load_run(run_dir)
         recorded = (meta.get("cache_paths") or {}).get("train")
         if not recorded:
             raise ValueError(f"{run_dir} does not record its cache: give the cache folder (cache_dir)")
         cache_dir = Path(recorded).parent
-    metrics = evaluate_run(run_dir, read_split(Path(cache_dir) / f"{split}.h5"), predictions, which=which)
+    features = read_split(Path(cache_dir) / f"{split}.h5")
+    targets = None
+    if vggsounder:   # before scoring: a vocabulary or split VGGSounder cannot score fails at once
+        from .vggsounder import match
+        targets = match(features.clip_ids, meta["label_names"], vggsounder_labels, owner=f"run {run_dir}",
+                        where=f"split {split} ({features.path})")
+    metrics = evaluate_run(run_dir, features, predictions, which=which)
+    if vggsounder:
+        from .vggsounder import evaluate_run_vggsounder, format_table
+        metrics["vggsounder"] = evaluate_run_vggsounder(run_dir, features, split, which=which, targets=targets)
     if as_json:
         echo(json.dumps(metrics, indent=2))
         return metrics
@@ -88,6 +99,9 @@ def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: s
          f"loss {metrics['loss']:.3f}  ({metrics['num_clips']} clips)")
     if predictions:
         echo(f"predictions written to {predictions}")
+    if vggsounder:
+        echo(format_table(metrics["vggsounder"]))
+        echo(f"VGGSounder scores written to {metrics['vggsounder']['path']}")
     return metrics
 
 
@@ -153,7 +167,7 @@ def per_head_options(items) -> dict[str, dict]:
 
 def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: dict, *, seeds: int, jobs,
                  method: str, overwrite: bool, echo: Echo = print, progress: bool = True,
-                 head_options: dict | None = None):
+                 head_options: dict | None = None, vggsounder: bool = False, vggsounder_labels=None):
     from tqdm import tqdm
 
     from .grid import configs_from_options, format_summary_table, run_grid
@@ -174,13 +188,21 @@ def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: 
         configs = [replace(c, head_options={**c.head_options, **head_options.get(c.head, {})}) for c in configs]
     train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
     val = optional_split(cache, "val")
+    targets = None
+    if vggsounder:   # before training: a vocabulary or test split VGGSounder cannot score fails at once
+        from .vggsounder import match
+        targets = match(test.clip_ids, test.label_names, vggsounder_labels, owner=f"cache {cache}",
+                        where=f"split test ({test.path})")
     with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
         def on_row(done, total, row):
             bar.update(1)
             bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
         result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
-                          overwrite=overwrite)
+                          overwrite=overwrite, vggsounder=targets)
     table = format_summary_table(result, len(result.test_labels))
+    if targets is not None:
+        from .grid.vggsounder import format_vggsounder_table
+        table += "\n" + format_vggsounder_table(result)
     atomic_write_text(Path(out_dir) / CONFIG_FILE, json.dumps(
         {"command": "grid", "cache_dir": str(cache), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
          "configs": len(configs), "backbones": train.backbones, "preprocessing": train.preprocessing,

@@ -8,6 +8,8 @@ embeddings with views by the evaluation rule (the mean of the per-view softmax, 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -15,7 +17,7 @@ from alphafuse.data import ClipError, load_inputs
 from alphafuse.extract.registry import spec_from_dict
 from alphafuse.extract.backbones import rebuild_backbone
 from alphafuse.extract.registry import Extras
-from alphafuse.extract.runner import Roles, embed_inputs
+from alphafuse.extract.runner import PRECISIONS, Roles, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits
@@ -45,10 +47,19 @@ class AlphaTransformer(nn.Module):
                              layers=(tuple(layers) if isinstance(layers, list) else layers)
                              if any(n.endswith("_layers") for n in names) else None,
                              dtype=(extraction or {}).get("dtype", "float16"))
+        # The backbones run in the precision the cache was extracted in (extraction's autocast),
+        # so a head trained on bf16 embeddings sees bf16 embeddings end to end too.
+        self.precision = (extraction or {}).get("precision", "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"the cache was extracted in precision {self.precision!r}, which this version "
+                             f"cannot reproduce (known: {', '.join(PRECISIONS)})")
 
     def embed(self, video: torch.Tensor, audio: torch.Tensor) -> dict:
         """The embeddings the head reads, as the cache holds them (float16 ones rounded likewise)."""
-        out = embed_inputs(Roles(self.backbones.items()), {"video": video, "audio": audio}, self.extras)
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(video.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            out = embed_inputs(Roles(self.backbones.items()), {"video": video, "audio": audio}, self.extras)
         wanted = self.head.input_names()
         missing = [n for n in wanted if n not in out]
         if missing:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -127,12 +127,22 @@ def test_ctrl_c_exits_130_without_a_traceback(work):
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "--manifest", "m.csv",
                              "--cache-dir", "c", "--arch", "base", "--workers", "0"], cwd=work,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    time.sleep(6)
+    # Wait for what shows the models are built (their random-weight warning), not for a guessed time;
+    # a watchdog ends the process if it never comes, so the test fails instead of hanging.
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "random weights" in line:
+            break
+    assert any("random weights" in line for line in seen), "".join(seen)
     os.killpg(proc.pid, signal.SIGINT)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
+    watchdog.cancel()
+    assert proc.returncode == 130, "".join(seen) + err
+    assert "Traceback" not in "".join(seen) + err
 
 
 # -- evaluate, predict and demo read the settings table like the other commands ---------------

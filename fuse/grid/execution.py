@@ -22,7 +22,8 @@ import torch
 from alphafuse.cache import FeatureSplit, check_compatible
 
 from ..config import TrainConfig
-from ..evaluation import learnable, missing_modality_top1, split_logits
+from ..evaluation import learnable, split_logits
+from ..heads import MODALITY_NAMES
 from ..inputs import require_embeddings
 from ..metrics import score
 from ..run import check_out_dir, prepare_out_dir
@@ -69,11 +70,15 @@ class GridResult:
     files: dict[str, Path] = field(default_factory=dict)
     ceiling: dict = field(default_factory=dict)
     head_comparison: list[dict] = field(default_factory=list)
+    # Row i's predicted class per test clip with that modality's inputs zeroed (the confusion rates).
+    predicted_zeroed: dict[str, np.ndarray] = field(default_factory=dict)
+    vggsounder: dict = field(default_factory=dict)   # grid/vggsounder.py: the labels and clips matched
 
 
 def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, configs: Sequence[TrainConfig],
              out_dir=None, *, jobs: int | None = None, method: str = "auto", progress: Progress | None = None,
-             overwrite: bool = False, resamples: int = 2000, bootstrap_seed: int = 0) -> GridResult:
+             overwrite: bool = False, resamples: int = 2000, bootstrap_seed: int = 0,
+             vggsounder=None) -> GridResult:
     """Train and score every configuration; summarise; write ``out_dir`` when given.
 
     ``jobs``: single-threaded worker processes (None: one per core; 1: in this process).
@@ -86,6 +91,8 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     from other backbones, preprocessing or labels, or lacking an embedding a head reads, an
     existing grid in ``out_dir`` (unless ``overwrite``) and bad arguments are refused before
     any training; the directory is written (an overwritten grid's files removed) at the end.
+    ``vggsounder``: the test split matched to VGGSounder (``fuse.vggsounder.match``), whose
+    hit@1 and confusion rates then join the summary (grid/vggsounder.py).
     """
     configs = list(configs)
     if not configs:
@@ -107,14 +114,19 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
 
     ids = _config_ids(configs)
     rows = [_result_row(cfg, metrics, ids) for cfg, (metrics, _) in zip(configs, scored)]
-    predicted = np.stack([p for _, p in scored])
+    every = np.stack([p for _, p in scored])   # (rows, both / no video / no audio, clips)
+    predicted = every[:, 0]
     summary = summarize(rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     comparison = compare_heads(summary, rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     ceiling = learnable(train, test)
     for entry in summary:   # the table and plots read them from any summary row
         entry["_context"] = {"ceiling": ceiling, "head_comparison": comparison, "test_clips": len(test)}
     result = GridResult(rows, summary, best_alphas(summary), predicted, test.labels.copy(), list(test.clip_ids),
-                        chosen, jobs, seconds, ceiling=ceiling, head_comparison=comparison)
+                        chosen, jobs, seconds, ceiling=ceiling, head_comparison=comparison,
+                        predicted_zeroed={f"no_{m}": every[:, 1 + i] for i, m in enumerate(MODALITY_NAMES)})
+    if vggsounder is not None:
+        from .vggsounder import add_vggsounder
+        add_vggsounder(result, vggsounder, resamples=resamples, seed=bootstrap_seed)
     if out_dir is not None:
         out = prepare_out_dir(out_dir, overwrite, GRID_MARKERS, "grid", known=GRID_FILES)
         result.files = write_grid(out, result, resamples)
@@ -215,13 +227,15 @@ def _task(members: list[int], stacked: bool, train, val, test, cfgs: list[TrainC
 
 def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit) -> tuple[dict, np.ndarray]:
     """The val and test scores fuse_run reports for this head (its metrics.json), its test top-1
-    with each modality zeroed, and its predicted class per test clip."""
+    with each modality zeroed, and its predicted class per test clip: (3, clips), with both
+    modalities, then with each of MODALITY_NAMES zeroed (as missing_modality_top1 scores it)."""
     logits = split_logits(result.model, test)
     scores = score(logits, test.labels, test.num_classes, label_names=test.label_names)
     val_scores = {"top1": None, "loss": None}
     if val is not None:
         val_scores = score(split_logits(result.model, val), val.labels, val.num_classes, label_names=val.label_names)
-    missing = missing_modality_top1(result.model, test)
+    zeroed = [split_logits(result.model, test, zeroed=(m,)).argmax(1).numpy() for m in MODALITY_NAMES]
+    missing = {f"no_{m}": float((p == test.labels).mean()) for m, p in zip(MODALITY_NAMES, zeroed)}
     trained = result.model.trained_values()
     metrics = {
         "val_top1": val_scores["top1"], "val_loss": val_scores["loss"],
@@ -231,7 +245,7 @@ def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit) ->
         "learned_alpha": trained.get("learned_alpha"), "learned_weight": trained.get("learned_weight"),
         "train_seconds": result.seconds,
     }
-    return metrics, logits.argmax(1).numpy().astype(np.int32)
+    return metrics, np.stack([logits.argmax(1).numpy(), *zeroed]).astype(np.int32)
 
 
 def _resolve_jobs(jobs: int | None, tasks: int) -> int:

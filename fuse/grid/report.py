@@ -2,7 +2,8 @@
 
 Output directory: results.csv (one row per configuration and seed), summary.csv and
 summary.json (one row per configuration; summary.json is written last and marks a finished
-grid), predictions.npz (each row's predicted class per test clip, to recompute any interval),
+grid), predictions.npz (each row's predicted class per test clip, to recompute any interval;
+predicted_no_video/no_audio: the same with that modality's inputs zeroed),
 alpha_curve.png (when some target was swept over several alphas) or preset_bars.png.
 """
 from __future__ import annotations
@@ -43,7 +44,8 @@ def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
     _write_csv(files["summary_csv"], result.summary, summary_columns)
     with atomic_write(files["predictions"]) as f:
         np.savez_compressed(f, predicted=result.predicted, labels=result.test_labels,
-                            clip_ids=np.array(result.test_clip_ids))
+                            clip_ids=np.array(result.test_clip_ids),
+                            **{f"predicted_{k}": v for k, v in result.predicted_zeroed.items()})
     if has_alpha_curve(result.summary):
         files["alpha_curve"] = out / ALPHA_CURVE_FILE
         with atomic_write(files["alpha_curve"]) as f:
@@ -61,6 +63,7 @@ def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
         "test_clips": len(result.test_labels), "runs": len(result.rows), "method": result.method,
         "jobs": result.jobs, "seconds": round(result.seconds, 3), "confidence": CONFIDENCE, "resamples": resamples,
         "intervals": INTERVALS_NOTE,
+        **({"vggsounder": result.vggsounder} if result.vggsounder else {}),
     }
     with atomic_write(files["summary_json"], "w") as f:
         json.dump(_json_safe(payload), f, indent=2)

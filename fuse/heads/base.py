@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alphafuse.settings import SETTINGS
+
 MODALITY_NAMES = ("video", "audio")
 
 # Options that live in TrainConfig's own fields (the rest of a head's options go in
@@ -52,10 +54,10 @@ def drop_modalities(inputs: dict, p: float) -> dict:
     return out
 
 
-# The paper's MLP (1536 -> 1024 -> 512 -> classes, dropout 0.5): the one definition of these
-# defaults. Every MLP head's signature, TrainConfig and settings.py's --hidden/--dropout read them.
-HIDDEN: tuple[int, ...] = (1024, 512)
-DROPOUT: float = 0.5
+# The paper's MLP (1536 -> 1024 -> 512 -> classes, dropout 0.5), defined once in settings.py's table
+# (--hidden, --dropout); every MLP head's signature and TrainConfig take these.
+HIDDEN: tuple[int, ...] = SETTINGS["hidden"].default
+DROPOUT: float = SETTINGS["dropout"].default
 
 
 class FusionHead(nn.Sequential):
