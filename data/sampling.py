@@ -87,12 +87,6 @@ def _load_families() -> None:
     importlib.import_module("alphafuse.extract")
 
 
-def sampling_names() -> list[str]:
-    """Every registered rule, the families' included."""
-    _load_families()
-    return sorted(SAMPLINGS)
-
-
 def get_sampling(name: str) -> SamplingRule:
     if name not in SAMPLINGS:
         _load_families()
