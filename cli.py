@@ -187,21 +187,10 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 
 
 @main.command()
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="A run directory.")
-@click.option("--backbone-logits", is_flag=True,
-              help="Instead of a run: score the cache's own classifier outputs (a fine-tuned CAV-MAE, TSM or TSAM), "
-                   "the mean of the per-view softmax, as the backbone's reference evaluation.")
-@click.option("--backbone-labels", type=click.Path(exists=True, dir_okay=False),
-              help="With --backbone-logits: the backbone's class names, a class_labels_indices.csv "
-                   "(index,mid,display_name) or one name per line.")
-@click.option("--split", default="test", show_default=True, help="Split to score.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Default: where the run's training cache was.")
-@click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@options("vggsounder", "vggsounder_labels")
-def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json, vggsounder,
-             vggsounder_labels):
+@config_option
+@options("run", "backbone_logits", "backbone_labels", "split", "cache_dir", "predictions", "which", "json",
+         "vggsounder", "vggsounder_labels")
+def evaluate(config, **flags):
     """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits).
 
     With --vggsounder, also on VGGSounder's labels of the split's VGGSound clips, written to
@@ -209,43 +198,41 @@ def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predic
     """
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
-    if backbone_logits:
+    s = settings(config, "evaluate")
+    get = lambda name: s.get(name, flags.get(name), None)   # noqa: E731  (None unless given)
+    split, as_json = s.get("split", flags["split"]), s.get("json", flags["json"])
+    vggsounder, vggsounder_labels = s.get("vggsounder", flags["vggsounder"]), get("vggsounder_labels")
+    if s.get("backbone_logits", flags["backbone_logits"]):
         if vggsounder:
             raise click.UsageError("--vggsounder scores a run's head (--run), not --backbone-logits")
-        if cache_dir is None:
+        if get("cache_dir") is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
-        evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo)
+        evaluate_backbone_command(Path(get("cache_dir")), split, get("backbone_labels"), as_json, echo=click.echo)
         return
-    if run_dir is None:
+    if get("run") is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
     if vggsounder_labels and not vggsounder:
         raise click.UsageError("--vggsounder-labels needs --vggsounder")
-    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo,
-                     vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
+    evaluate_command(Path(get("run")), split, get("cache_dir"), get("predictions"), s.get("which", flags["which"]),
+                     as_json, echo=click.echo, vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
 
 
 @main.command()
 @click.argument("videos", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run directory.")
-@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to show per video.")
-@click.option("--video-checkpoint", type=click.Path(exists=True, dir_okay=False),
-              help="The video backbone's checkpoint, if not where extraction read it (its sha256 must match).")
-@click.option("--audio-checkpoint", type=click.Path(exists=True, dir_okay=False),
-              help="The audio backbone's checkpoint, if not where extraction read it (its sha256 must match).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
-              help="The audio-visual backbone's checkpoint, likewise.")
-@click.option("--trust-checkpoint", is_flag=True, help=SETTINGS["trust_checkpoint"].help)
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoint, trust_checkpoint, device, as_json):
+@config_option
+@options("run", "top_k", "video_checkpoint", "audio_checkpoint", "checkpoint", "trust_checkpoint", "device", "json")
+def predict(videos, config, **flags):
     """Classify video files with a trained run: the backbones, the transform and the head."""
     from alphafuse.extract.checkpoint import trusted_checkpoints
     from alphafuse.fuse.commands import predict_command
 
-    with trusted_checkpoints(trust_checkpoint):
-        code = predict_command(videos, Path(run_dir), top_k, {"video": video_checkpoint, "audio": audio_checkpoint,
-                                                              "audiovisual": checkpoint},
-                               _device(device), as_json, echo=click.echo)
+    s = settings(config, "predict")
+    checkpoints = {role: s.get(key, flags[key], None) for role, key in
+                   (("video", "video_checkpoint"), ("audio", "audio_checkpoint"), ("audiovisual", "checkpoint"))}
+    with trusted_checkpoints(s.get("trust_checkpoint", flags["trust_checkpoint"])):
+        code = predict_command(videos, Path(s.get("run", flags["run"])), s.get("top_k", flags["top_k"]), checkpoints,
+                               _device(s.get("device", flags["device"])), s.get("json", flags["json"]),
+                               echo=click.echo)
     sys.exit(code)
 
 
@@ -290,13 +277,9 @@ def grid(config, cache_dir, out, overwrite, **flags):
 # ----------------------------------------------------------------------------- demo
 
 @main.command()
-@click.option("--workdir", default="demo", show_default=True, type=click.Path(file_okay=False),
-              help="Where the dataset, config, caches, runs and report go.")
-@click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per configuration in the grid.")
-@click.option("--clips-per-class", default=24, show_default=True, type=click.IntRange(min=4),
-              help="Generated clips per class (6 classes).")
-@click.option("--jobs", type=click.IntRange(min=1), help="Worker processes for the grid. Default: one per core.")
-def demo(workdir, seeds, clips_per_class, jobs):
+@config_option
+@options("workdir", "seeds", "clips_per_class", "jobs")
+def demo(config, **flags):
     """The whole pipeline on a generated dataset, in a few minutes on a laptop CPU.
 
     Writes 6 classes of 4-s clips (each a visual pattern with a sound; some classes differ only
@@ -306,7 +289,9 @@ def demo(workdir, seeds, clips_per_class, jobs):
     """
     from alphafuse.fuse.demo import run_demo
 
-    run_demo(Path(workdir).resolve(), seeds, clips_per_class, jobs, echo=click.echo)
+    s = settings(config, "demo")
+    run_demo(Path(s.get("workdir", flags["workdir"])).resolve(), s.get("seeds", flags["seeds"]),
+             s.get("clips_per_class", flags["clips_per_class"]), s.get("jobs", flags["jobs"], None), echo=click.echo)
 
 
 # ----------------------------------------------------------------------------- cache

@@ -59,6 +59,7 @@ class Setting:
     choices: tuple | None = None
     minimum: float | None = None   # inclusive lower bound for numbers
     maximum: int | None = None     # inclusive upper bound of an int (None: INT_RANGE's)
+    exists: bool = False           # a path that must exist when given (checked after config paths resolve)
 
     def check(self, name: str, value, where: str):
         """The value converted to this setting's kind, or a SettingError naming ``where``."""
@@ -151,13 +152,19 @@ class Settings:
         (the schema's default when not given; REQUIRED: an error naming flag and key)."""
         setting = self.schema[key]
         if flag_value is not None and flag_value != ():
-            return setting.check(key, flag_value, flag(key))
+            return _existing(setting, setting.check(key, flag_value, flag(key)), flag(key))
         if key in self.values and self.values[key] is not None:
-            return self.values[key]
+            return _existing(setting, self.values[key], f"{self.path}: {key}")
         if default is REQUIRED and setting.default is None:
             where = f"set {key} in {self.path}" if self.path.is_file() else f"put {key} = ... in {DEFAULT_CONFIG}"
             raise SettingError(f"no {key.replace('_', ' ')}: pass {flag(key)} or {where}")
         return setting.default if default is REQUIRED else default
+
+
+def _existing(setting: Setting, value, where: str):
+    if setting.exists and value is not None and not Path(value).exists():
+        raise SettingError(f"{where}: {value} does not exist")
+    return value
 
 
 def _similar(a: str, b: str) -> bool:
@@ -185,6 +192,8 @@ def _choices(kind: str) -> tuple:
     return tuple(catalogue.backbone_names(kind))
 
 
+# The one definition of every default, the heads' and TrainConfig's included: fuse/config.py and
+# fuse/heads/ read theirs from this table (this module imports nothing heavy, so they can).
 SETTINGS = {
     # data and caches
     "manifest": Setting("path", None, "CSV `path,label,split`, official VGGSound CSV (with --video-root), or a folder per class."),
@@ -198,8 +207,10 @@ SETTINGS = {
     "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding.", _choices("audio")),
     "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above).",
                         _choices("audiovisual")),
-    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights."),
-    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights."),
+    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights "
+                                                 "(predict: where extraction read it; its sha256 must match)."),
+    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights "
+                                                 "(predict: where extraction read it; its sha256 must match)."),
     "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
     "backbone_config": Setting("path", None, "The backbone family's own config file, mapped onto its options "
                                              "(TSAM's JSON config: its model and shift_temporal sections)."),
@@ -254,4 +265,19 @@ SETTINGS = {
                                                "static_image,voice_over) instead of the one the package ships."),
     "method": Setting("str", "auto", "joblib: one head per task; vectorized: stacked heads; auto: the faster.",
                       ("auto", "joblib", "vectorized")),
+    # evaluate, predict and demo
+    "run": Setting("path", None, "A run directory (written by fuse).", exists=True),
+    "split": Setting("str", "test", "Split to score."),
+    "backbone_logits": Setting("bool", False, "Instead of a run: score the cache's own classifier outputs (a fine-tuned "
+                                              "CAV-MAE, TSM or TSAM), the mean of the per-view softmax, as the "
+                                              "backbone's reference evaluation."),
+    "backbone_labels": Setting("path", None, "With --backbone-logits: the backbone's class names, a "
+                                             "class_labels_indices.csv (index,mid,display_name) or one name per line.",
+                               exists=True),
+    "predictions": Setting("path", None, "Write clip_id, label, predicted and class probabilities as CSV."),
+    "which": Setting("str", "best", "Which saved epoch.", ("best", "last")),
+    "top_k": Setting("int", 5, "How many labels to show per video.", minimum=1),
+    "json": Setting("bool", False, "Print JSON."),
+    "workdir": Setting("path", "demo", "Where the demo's dataset, config, caches, runs and report go."),
+    "clips_per_class": Setting("int", 24, "Generated clips per class (6 classes).", minimum=4),
 }

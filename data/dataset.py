@@ -16,6 +16,9 @@ from .video import VideoConfig
 
 log = logging.getLogger(__name__)
 
+# The dataset item's key of each model input slot (the input names of ``input_specs``).
+SLOT_KEYS = {"video": "video", "audio": "fbank"}
+
 
 class ClipDataset(Dataset):
     """Per clip: ``{"clip_id", "video", "fbank", "label", "has_audio", "error"}``.
@@ -84,6 +87,18 @@ class ClipDataset(Dataset):
     def collate(self):
         """collate_clips bound to this dataset's configs (picklable), for ``collate_fn``."""
         return functools.partial(collate_clips, video_cfg=self.video_cfg, audio_cfg=self.audio_cfg)
+
+
+def dataset_for_specs(clips: Sequence[Clip], label_names: Sequence[str], specs: dict,
+                      *, decode_threads: int | None = None) -> ClipDataset:
+    """The dataset of backbones whose inputs are ``specs`` ({slot: spec}); a slot no backbone
+    takes gets the generic default (its ``has_audio`` still comes from the audio side). Extraction
+    and ``Backbone.preprocess`` both build their dataset here, so one clip's tensors are the same."""
+    unknown = sorted(set(specs) - set(SLOT_KEYS))
+    if unknown:
+        raise ValueError(f"input slot {unknown[0]!r} is not one of {', '.join(SLOT_KEYS)}")
+    return ClipDataset(clips, label_names, specs.get("video", VideoConfig()), specs.get("audio", AudioConfig()),
+                       decode_threads=decode_threads)
 
 
 def collate_clips(items: Sequence[dict], video_cfg: VideoConfig = VideoConfig(),

@@ -40,6 +40,7 @@ from PIL import Image
 from ._container import clip_id_for, find_video_stream, open_input
 from .colour import check_yuv_matrix, frame_to_rgb
 from .errors import ClipError
+from .sampling import note_frames
 from .vsync import cfr_frame_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,12 +74,12 @@ def tsn_test_indices(num_frames: int, num_segments: int, new_length: int = 1,
         sample_pos = max(1, 1 + n - 64)
         stride = 64 // t
         starts = np.linspace(0, sample_pos - 1, num=10, dtype=int).tolist()
-        return [(k * stride + s) % n + 1 for s in starts for k in range(t)]
+        return _noted([(k * stride + s) % n + 1 for s in starts for k in range(t)])
     tick = (n - new_length + 1) / float(t)
     offsets = [int(tick / 2.0 + tick * k) for k in range(t)]
     if twice_sample:
         offsets += [int(tick * k) for k in range(t)]
-    return [o + 1 for o in offsets]
+    return _noted([o + 1 for o in offsets])
 
 
 def tsn_val_indices(num_frames: int, num_segments: int, new_length: int = 1) -> list[int]:
@@ -109,7 +110,13 @@ def tsam_validation_indices(num_frames: int, num_segments: int, k_frames: int = 
         i = half if i < half else i       # the reference applies the two clamps in this order
         i = n - half - 1 if i > n - 1 - half else i
         out.append(i + 1)
-    return out
+    return _noted(out)
+
+
+def _noted(numbers: list[int]) -> list[int]:
+    """1-based frame numbers, reported 0-based to ``Backbone.preprocess(with_info=True)``."""
+    note_frames([k - 1 for k in numbers])
+    return numbers
 
 
 # --------------------------------------------------------------------------------------------

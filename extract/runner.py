@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from alphafuse.cache import SplitWriter, source_stamp
-from alphafuse.data import AudioConfig, ClipDataset, Manifest, VideoConfig
+from alphafuse.data import Manifest, VideoConfig
+from alphafuse.data.dataset import dataset_for_specs
 
 from .checkpoint import describe
 from .registry import Extras
@@ -209,7 +210,7 @@ def _run(writer, mine, manifest, split, roles, specs, info, extras, dev, batch_s
 
     for model in roles.values():
         model.to(dev)
-    dataset = ClipDataset(todo, manifest.label_names, specs.get("video", VideoConfig()), specs.get("audio", AudioConfig()))
+    dataset = dataset_for_specs(todo, manifest.label_names, specs)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=dataset.collate,
                         pin_memory=dev.type == "cuda",
                         worker_init_fn=_quiet_worker, persistent_workers=False)

@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alphafuse.data.specs import TSAMFrames, TSAMSpectrogram
-
 from .checkpoint import build_backbone, strip_prefixes
 from .registry import Extras, register_backbone
+from .tsam_inputs import TSAMFrames, TSAMSpectrogram
 from .tsm import ARCHS, ResNet, check_frames, segments_to_batch, temporal_shift
 
 __all__ = ["TSAM", "load_tsam", "tsam_options_from_config"]
@@ -37,8 +36,8 @@ KINETICS_CLASSES = 400
 
 # The reference's deterministic pipeline: MmDataSet in mode "validation", the per-epoch validation
 # of training (its published 10-clip test, main.py --validate -> run_MultiClip, instead samples
-# frames and crops at random and sums the logits of 10 passes). data/tsn.py and
-# data/tsam_audio.py implement it.
+# frames and crops at random and sums the logits of 10 passes). extract/tsam_inputs.py (its specs
+# and audio) and data/tsn.py (frame decoding) implement it.
 PREPROCESSING = {
     "frames": {
         "num_frames": "num_segments (16), one frame each (main.py sets dataset k_frames = 1)",
@@ -66,7 +65,7 @@ PREPROCESSING = {
         "resize": {"size": [224, 224], "interpolation": "bilinear, antialiased (torchvision T.Resize on tensors)"},
         "reference": "lib/dataset/audio.py wafeform_to_spectrogram_torch; config/kinetics400_config.json "
                      "audio_image_param",
-        "implementation": "alphafuse.data.tsam_audio.load_tsam_spectrogram (decode_first_channel, then tsam_spectrogram)",
+        "implementation": "alphafuse.extract.tsam_inputs.load_tsam_spectrogram (decode_first_channel, then tsam_spectrogram)",
     },
 }
 
@@ -154,7 +153,7 @@ class TSAM(nn.Module):
         return shapes
 
     def input_specs(self, modality: str = "audiovisual") -> dict:
-        """:data:`PREPROCESSING` as data/specs.py's TSAMFrames and TSAMSpectrogram."""
+        """:data:`PREPROCESSING` as extract/tsam_inputs.py's TSAMFrames and TSAMSpectrogram."""
         self.embedding_shapes(modality)
         return {"video": TSAMFrames(num_segments=self.num_segments), "audio": TSAMSpectrogram()}
 

@@ -7,15 +7,16 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from alphafuse.settings import SEED_RANGE, check_int
+from alphafuse.settings import SEED_RANGE, SETTINGS, check_int
 
 from .heads import DEFAULT_HEAD, check_head_options, get_head
+from .heads.base import DROPOUT, HIDDEN
 from .transforms import MODALITIES, resolve_target, validate_transform
 
 
 @dataclass
 class TrainConfig:
-    """How to build and train one head. Defaults are the paper's.
+    """How to build and train one head. Defaults are the paper's, defined once in settings.py's table.
 
     ``head`` names a registered head (fuse/heads/); ``head_options`` holds its own options
     (e.g. ``{"weight": 0.3}`` for late, ``{"dim": 128}`` for bottleneck); the shared ones are
@@ -33,22 +34,22 @@ class TrainConfig:
     every epoch; the best epoch is reported either way).
     """
 
-    transform: str = "none"
-    target: str = "audio"
+    transform: str = SETTINGS["transform"].default
+    target: str = SETTINGS["target"].default
     alpha: float | None = None
-    modalities: str = "both"
-    hidden: tuple[int, ...] = (1024, 512)
-    dropout: float = 0.5
-    epochs: int = 25
-    batch_size: int = 8
-    lr: float = 1e-4
-    seed: int = 0
+    modalities: str = SETTINGS["modalities"].default
+    hidden: tuple[int, ...] = HIDDEN
+    dropout: float = DROPOUT
+    epochs: int = SETTINGS["epochs"].default
+    batch_size: int = SETTINGS["batch_size"].default
+    lr: float = SETTINGS["lr"].default
+    seed: int = SETTINGS["seed"].default
     device: str = "cpu"
     alpha_lr: float = 1e-2
     head: str = DEFAULT_HEAD
     head_options: dict = field(default_factory=dict)
-    modality_dropout: float = 0.0
-    patience: int | None = None
+    modality_dropout: float = SETTINGS["modality_dropout"].default
+    patience: int | None = SETTINGS["patience"].default
 
     def __post_init__(self):
         self.alpha = validate_transform(self.transform, self.alpha)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from alphafuse.data import ClipError, load_inputs
-from alphafuse.data.specs import spec_from_dict
+from alphafuse.extract.registry import spec_from_dict
 from alphafuse.extract.backbones import rebuild_backbone
 from alphafuse.extract.registry import Extras
 from alphafuse.extract.runner import PRECISIONS, Roles, embed_inputs

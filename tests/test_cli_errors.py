@@ -188,3 +188,42 @@ def test_out_of_range_fuse_and_grid_options_leave_no_folder(small_cache, args, m
     proc = _run([*args, "--cache-dir", "cache", "--out", "out/run"], small_cache.parent)
     assert message in _error_line(proc)
     assert not (small_cache.parent / "out").exists() and not (small_cache.parent / "runs").exists()
+
+
+# -- evaluate, predict and demo read the settings table like the other commands ---------------
+
+@pytest.mark.parametrize("toml, args, message", [
+    ('[evaluate]\nrun = "gone"', ["evaluate"], "alphafuse.toml: run: "),
+    ('[predict]\ntop_k = 0', ["predict", "a.mp4", "--run", "run"], "predict.top_k must be at least 1, got 0"),
+    ('[predict]\nrun = "run"\ndevice = "tpu"', ["predict", "a.mp4"], "predict.device must be one of cpu, cuda, auto"),
+    ('[evaluate]\nwhich = "first"', ["evaluate", "--run", "run"], "evaluate.which must be one of best, last"),
+    ('[demo]\nclips_per_class = 2', ["demo"], "demo.clips_per_class must be at least 4, got 2"),
+    ("", ["evaluate", "--run", "gone"], "--run: gone does not exist"),
+    ("", ["predict", "a.mp4"], "no run: pass --run"),
+])
+def test_evaluate_predict_demo_take_config_keys(work, toml, args, message):
+    (work / "run").mkdir()
+    (work / "alphafuse.toml").write_text(toml + "\n")
+    proc = _run(args, work)
+    assert message in _error_line(proc) and proc.returncode == 2
+
+
+def test_a_config_key_reaches_evaluate(work):
+    """[evaluate] run = ... is the run evaluate opens (its head file is then named)."""
+    (work / "elsewhere").mkdir()
+    (work / "elsewhere" / "head.pt").write_bytes(b"")
+    (work / "alphafuse.toml").write_text('[evaluate]\nrun = "elsewhere"\n')
+    assert "elsewhere/head.pt" in _error_line(_run(["evaluate"], work))
+
+
+def test_head_defaults_are_one_definition():
+    from alphafuse.fuse import TrainConfig, head_defaults, head_names
+    from alphafuse.settings import SETTINGS
+
+    cfg = TrainConfig()
+    for name in ("hidden", "dropout", "head", "epochs", "lr", "modality_dropout", "patience"):
+        assert SETTINGS[name].default == getattr(cfg, name), name
+    for head in head_names():
+        for name in ("hidden", "dropout"):
+            if name in head_defaults(head):
+                assert head_defaults(head)[name] == getattr(cfg, name), (head, name)

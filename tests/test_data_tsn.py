@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from alphafuse.data.errors import ClipError
-from alphafuse.data.specs import TSAMFrames, TSMFrames
+from alphafuse.extract.tsam_inputs import TSAMFrames
+from alphafuse.extract.tsm import TSMFrames
 from alphafuse.data.synth import write_clip
 from alphafuse.data.tsn import (decode_tsam_frames, decode_tsm_frames, load_tsam_frames, load_tsm_frames, tsam_frame_tensor,
                       tsam_validation_indices, tsm_test_views, tsn_full_res_offsets, tsn_test_indices, tsn_val_indices)

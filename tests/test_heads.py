@@ -72,7 +72,13 @@ def batch_of(split, names, rows=slice(0, 7)):
 # -- registry ---------------------------------------------------------------------------------
 
 def test_registry_names_help_defaults_and_needs():
-    assert head_names() == ["bottleneck", "concat", "gated", "late", "layers", "probe"]
+    # Every file of fuse/heads/ but the shared base registers a head: a new file needs no list here.
+    import pkgutil
+
+    import alphafuse.fuse.heads as heads_package
+    files = {m.name for m in pkgutil.iter_modules(heads_package.__path__)} - {"base"}
+    assert files <= {get_head(name).cls.__module__.rsplit(".", 1)[-1] for name in head_names()}
+    assert {"bottleneck", "concat", "gated", "late", "layers", "probe"} <= set(head_names())
     assert all(text and "\n" not in text for text in head_help().values())
     assert head_defaults("bottleneck") == {"dim": 256, "layers": 4, "bottlenecks": 4, "num_heads": 4,
                                            "mlp_ratio": 4.0, "block_dropout": 0.1, "modality_dropout": 0.0}

@@ -19,9 +19,11 @@ import inspect
 import pkgutil
 from dataclasses import dataclass, field
 
+from alphafuse.settings import SETTINGS
+
 from .base import MODALITY_NAMES, SHARED_OPTIONS, FusionHead, Head, drop_modalities, modality_of
 
-DEFAULT_HEAD = "concat"
+DEFAULT_HEAD = SETTINGS["head"].default   # --head, defined once in settings.py
 
 
 @dataclass(frozen=True)

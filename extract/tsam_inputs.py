@@ -1,4 +1,8 @@
-"""TSAM's audio segment: a 3-channel log-mel image of the clip's sound (aav-antonov/TSAM).
+"""TSAM's inputs (the preprocessing half of the tsam family, beside extract/tsam.py, which would
+pass ~400 lines with it): the input specs :class:`TSAMFrames` (frames decoded by data/tsn.py's
+FFmpeg-filter extraction) and :class:`TSAMSpectrogram`, and the audio segment below.
+
+TSAM's audio segment: a 3-channel log-mel image of the clip's sound (aav-antonov/TSAM).
 
 The reference (``video2frames.py`` ``run_audio``, then ``lib/dataset/audio.py`` ``get_audio_x``
 in validation mode, config/kinetics400_config.json ``audio_image_param``):
@@ -24,8 +28,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import av
 import numpy as np
@@ -33,7 +38,13 @@ import torch
 import torchaudio
 import torchvision.transforms.functional as TF
 
-from ._container import clip_id_for, duration_seconds, find_audio_stream, open_input
+from alphafuse.data._container import clip_id_for, duration_seconds, find_audio_stream, open_input
+from alphafuse.data.colour import check_yuv_matrix
+from alphafuse.data.tsn import load_tsam_frames
+
+from .registry import InputSpec, register_spec
+
+__all__ = ["TSAMFrames", "TSAMSpectrogram", "load_tsam_spectrogram", "tsam_spectrogram"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +148,41 @@ def load_tsam_spectrogram(path: str | Path, clip_id: str | None = None) -> tuple
     wave, rate, has_audio = decode_first_channel(path, clip_id)
     return tsam_spectrogram(wave, rate), has_audio
 
+
+# ----------------------------------------------------------------------------- input specs
+
+@register_spec
+@dataclass(frozen=True)
+class TSAMFrames(InputSpec):
+    """TSAM's validation frames (data/tsn.py load_tsam_frames): [0, 1] RGB, 224 x 224."""
+
+    kind: ClassVar[str] = "tsam_frames"
+    num_segments: int = 16
+    yuv_matrix: str = "bt601"     # as TSMFrames' (data/colour.py)
+    views: ClassVar[int] = 1
+
+    def __post_init__(self):
+        check_yuv_matrix("TSAMFrames.yuv_matrix", self.yuv_matrix)
+
+    @property
+    def output_shape(self) -> tuple:
+        return (3, self.num_segments, 224, 224)
+
+    def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
+        return load_tsam_frames(path, self.num_segments, clip_id=clip_id, threads=threads,
+                                yuv_matrix=self.yuv_matrix)
+
+
+@register_spec
+@dataclass(frozen=True)
+class TSAMSpectrogram(InputSpec):
+    """TSAM's audio segment (:func:`load_tsam_spectrogram`): a (3, 224, 224) log-mel image, first channel."""
+
+    kind: ClassVar[str] = "tsam_spectrogram"
+
+    @property
+    def output_shape(self) -> tuple:
+        return (3, *IMAGE_SIZE)
+
+    def load(self, path, clip_id: str, threads: int = 0) -> tuple[torch.Tensor, bool]:
+        return load_tsam_spectrogram(path, clip_id)
