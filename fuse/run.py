@@ -29,6 +29,7 @@ import torch
 
 from alphafuse.cache import CacheError, FeatureSplit, check_compatible, read_split
 from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
+from alphafuse.data.files import require_file
 
 from . import plots
 from .config import TrainConfig
@@ -105,6 +106,7 @@ def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, d
     path = Path(run_dir) / HEAD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; point to a run directory written by fuse_run")
+    require_file(path, "run file")   # a FIFO or device named head.pt is refused, never read
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     try:
