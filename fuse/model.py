@@ -8,10 +8,13 @@ embeddings with views by the evaluation rule (the mean of the per-view softmax, 
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from alphafuse.data import ClipError, load_inputs
+from alphafuse.data.errors import unexpected_reason
 from alphafuse.data.specs import spec_from_dict
 from alphafuse.extract.backbones import rebuild_backbone
 from alphafuse.extract.registry import Extras
@@ -20,6 +23,8 @@ from alphafuse.extract.runner import Roles, embed_inputs
 from .heads import Head
 from .inputs import HeadInputs, head_logits
 from .run import load_run
+
+log = logging.getLogger(__name__)
 
 
 class AlphaTransformer(nn.Module):
@@ -93,10 +98,16 @@ class AlphaTransformer(nn.Module):
         for path in paths:
             try:
                 clip = load_inputs(path, self.specs["video"], self.specs["audio"])
+                probs = torch.softmax(self(clip.video[None].to(device), clip.fbank[None].to(device)), dim=1)[0].cpu()
             except ClipError as exc:
                 results.append({"path": str(path), "error": exc.reason})
                 continue
-            probs = torch.softmax(self(clip.video[None].to(device), clip.fbank[None].to(device)), dim=1)[0].cpu()
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:   # as extraction: one bad file is one error, the others still predicted
+                log.debug("%s: unexpected error", path, exc_info=True)
+                results.append({"path": str(path), "error": unexpected_reason(exc)})
+                continue
             top = probs.topk(min(top_k, len(probs)))
             results.append({"path": str(path), "has_audio": clip.has_audio,
                             "top": [{"label": self.label_names[i], "probability": float(p)}
