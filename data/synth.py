@@ -79,7 +79,8 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
                video_options: dict | None = None, container_options: dict | None = None,
                frame_times: Sequence[float] | None = None,
                frame_fn: Callable[[int], np.ndarray] | None = None,
-               audio_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+               audio_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+               audio_duration: float | None = None) -> Path:
     """Write a test clip; returns its path.
 
     ``size`` is (width, height). ``channels``: a count (1, 2, 6) or an FFmpeg layout name.
@@ -88,7 +89,8 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
     (height, width, 3) (default :func:`moving_pattern`); ``audio_fn(t)`` maps sample times in
     seconds to samples, (n,) for every channel or (channels, n) (default :func:`chord`).
     ``video_options`` go to the video encoder, ``container_options`` to the muxer (e.g.
-    ``{"movflags": "faststart"}``).
+    ``{"movflags": "faststart"}``). ``audio_duration``: seconds of sound when it is not the
+    video's ``duration`` (20 ms of audio beside a second of video).
     """
     path = Path(path)
     if not (video or audio):
@@ -119,7 +121,8 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
             frame_fn = frame_fn or functools.partial(moving_pattern, width=width, height=height)
             _write_video(out, vstream, frame_fn, times, width, height)
         if astream is not None:
-            n = max(1, int(round(duration * sample_rate)))
+            seconds = duration if audio_duration is None else audio_duration
+            n = max(1, int(round(seconds * sample_rate)))
             _write_audio(out, astream, audio_fn, n, sample_rate, layout)
     return path
 

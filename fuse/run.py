@@ -104,7 +104,7 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
 def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, dict]:
     """The head saved in ``run_dir`` (``which``: best or last epoch) in eval mode, and its metadata."""
     path = Path(run_dir) / HEAD_FILE
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path} not found; point to a run directory written by fuse_run")
     require_file(path, "run file")   # a FIFO or device named head.pt is refused, never read
     if which not in ("best", "last"):
