@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import read_regular_bytes
+from .files import file_problem, read_regular_bytes
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def read_manifest(path: str | os.PathLike, *, video_root: str | os.PathLike | No
     except OSError as exc:  # e.g. a parent folder that cannot be searched
         raise ValueError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
     if not found:
+        if path.is_symlink():     # a dangling link or a symlink loop: say which
+            raise ValueError(f"{path}: manifest {file_problem(path)}")
         raise FileNotFoundError(f"manifest not found: {path}")
     if layout == "auto":
         layout = _detect_layout(path)

@@ -148,6 +148,8 @@ def create_backbone(name: str, checkpoint=None, **overrides):
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, want):
             raise ValueError(f"backbone option {name}.{key} must be a {type(default).__name__} "
                              f"(like its default {default!r}), got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and not -2 ** 63 <= value < 2 ** 63:
+            raise ValueError(f"backbone option {name}.{key} must be a 64-bit integer (below 2**63), got {value}")
     return entry.build(checkpoint, **overrides)
 
 

@@ -107,7 +107,7 @@ def test_backbone_config_is_refused(work, kind):
     assert not (work / "c").exists()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "loop"])
 def test_a_manifest_is_refused(tmp_path, kind):
     path = special(tmp_path, kind, "m.csv")
     with no_hang(), pytest.raises(ValueError, match=re.escape(f"m.csv: manifest {WHAT[kind]}")):

@@ -59,8 +59,23 @@ def test_every_backbone_weights_are_sized_before_building(name, one_gib):
         create_backbone(name, None, arch="tiny", **wide)
         return
     key, value = next(iter(wide.items()))
-    with pytest.raises(ValueError, match=re.escape(f"{key}={value}") + ".*its weights would take .* more than the 1.0 GiB"):
+    with pytest.raises(ValueError, match=re.escape(f"{key}={value}") + ".*building its weights would take .* more than the 1.0 GiB"):
         create_backbone(name, None, arch="tiny", **wide)
+
+
+def test_options_beyond_64_bits_and_beyond_indexing_are_one_line(work):
+    line = _error_line(_run(["extract", "--manifest", "m.csv", "--cache-dir", "c", "--arch", "tiny",
+                             "--backbone-opt", "num_frames=100000000000000000000000"], work))
+    assert "backbone option timesformer.num_frames must be a 64-bit integer (below 2**63), got 1000000" in line
+    line = _error_line(_run(["extract", "--manifest", "m.csv", "--cache-dir", "c", "--arch", "tiny",
+                             "--backbone-opt", f"num_frames={2 ** 62}"], work))
+    assert f"num_frames={2 ** 62}" in line and ("too large to build" in line or "would take" in line)
+
+
+def test_cavmae_audio_length_is_sized_with_its_build_peak(one_gib):
+    # Weights of 0.4 GiB fit in 1 GiB, but building them peaks near three times that (float64 tables).
+    with pytest.raises(ValueError, match=r"audio_length=3000000.*building its weights would take"):
+        create_backbone("cavmae", None, arch="tiny", audio_length=3_000_000)
 
 
 def test_fuse_hidden_beyond_the_machine_is_one_line(work):
