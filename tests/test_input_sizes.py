@@ -114,3 +114,15 @@ def test_a_state_dict_with_an_integer_key_is_one_line(tmp_path, name):
     with pytest.raises(CheckpointError, match=r"int.pth: not a model state dict: parameter names must be strings, "
                                               r"found 1 int key\(s\) \(7\)"):
         create_backbone(name, tmp_path / "int.pth", arch="tiny")
+
+
+def test_grid_stacks_are_sized_before_building(monkeypatch):
+    # The grid's vectorized path builds its concat heads itself, not through create_head.
+    from alphafuse.fuse.stacked import train_heads_stacked
+    from tests.test_input_data import _split
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 20)   # 1 MiB free
+    configs = [TrainConfig(hidden=(4096,), seed=s, epochs=1) for s in (0, 1)]
+    with pytest.raises(ValueError, match=r"^a stack of 2 concat heads \(hidden=4096\) on inputs video \(4,\), "
+                                         r"audio \(3,\): training it would take 1\.\d MiB"):
+        train_heads_stacked(_split("train", 6, 2), None, configs)
