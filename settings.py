@@ -113,15 +113,18 @@ class Settings:
         self.path = Path(config) if config else Path(DEFAULT_CONFIG)
         self.values: dict = {}
         self.backbone_options: dict = {}
-        if config and not self.path.is_file():
-            raise SettingError(f"config file {self.path} not found")
-        if self.path.is_file():
+        # A named config must exist; the default one is read when anything is there (a FIFO or a
+        # folder under that name is refused, never read or silently skipped).
+        if config or self.path.exists() or self.path.is_symlink():
             self._read()
 
     def _read(self) -> None:
+        from alphafuse.data.files import read_regular_text   # lazy: settings loads for --help
+
+        text = read_regular_text(self.path, "config file", SettingError)
         try:
-            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise SettingError(f"{self.path}: not a readable TOML file ({' '.join(str(exc).split())})") from None
         tables = {}
         for key, value in data.items():

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from .audio import AudioConfig
 from .clip import LoadedClip, load_inputs
-from .errors import ClipError, one_line
+from .errors import ClipError, unexpected_reason
 from .manifest import Clip
 from .video import VideoConfig
 
@@ -72,8 +72,10 @@ class ClipDataset(Dataset):
         except MemoryError:
             raise
         except Exception as exc:  # a bug or an FFmpeg surprise must not stop an extraction run
-            log.exception("%s: unexpected error while loading %s", clip.clip_id, clip.path)
-            item["error"] = one_line(f"unexpected {type(exc).__name__}: {exc}")
+            item["error"] = unexpected_reason(exc)
+            # One line, as every clip error; the traceback only with --verbose (debug logging).
+            log.warning("%s: %s", clip.clip_id, item["error"])
+            log.debug("%s: traceback of the unexpected error loading %s", clip.clip_id, clip.path, exc_info=True)
         else:
             item.update(video=loaded.video, fbank=loaded.fbank, has_audio=loaded.has_audio)
         if item["error"] is not None:

@@ -82,7 +82,8 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
                video_options: dict | None = None, container_options: dict | None = None,
                frame_times: Sequence[float] | None = None, colorspace: str | None = None,
                frame_fn: Callable[[int], np.ndarray] | None = None,
-               audio_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+               audio_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+               audio_duration: float | None = None) -> Path:
     """Write a test clip; returns its path.
 
     ``size`` is (width, height). ``channels``: a count (1, 2, 6) or an FFmpeg layout name.
@@ -93,7 +94,8 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
     ``video_options`` go to the video encoder, ``container_options`` to the muxer (e.g.
     ``{"movflags": "faststart"}``). ``colorspace`` ("bt709", "bt601"): the frames are converted
     to YUV with that matrix (limited range) and the stream is tagged with it (matrix, primaries,
-    transfer, range); None: swscale's default BT.601, untagged.
+    transfer, range); None: swscale's default BT.601, untagged. ``audio_duration``: seconds of
+    sound when it is not the video's ``duration`` (20 ms of audio beside a second of video).
     """
     path = Path(path)
     if not (video or audio):
@@ -131,7 +133,8 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
             _write_video(out, vstream, frame_fn, times, width, height,
                          None if colorspace is None else COLORSPACES[colorspace][1])
         if astream is not None:
-            n = max(1, int(round(duration * sample_rate)))
+            seconds = duration if audio_duration is None else audio_duration
+            n = max(1, int(round(seconds * sample_rate)))
             _write_audio(out, astream, audio_fn, n, sample_rate, layout)
     return path
 

@@ -20,8 +20,8 @@ in validation mode, config/kinetics400_config.json ``audio_image_param``):
    tensors, which changes the 25/10 ms channel, downsampled ~4.5x in time for a 10-s clip).
    The three images are the three channels.
 
-Step 1 is done with PyAV: the first audio stream is decoded and converted to planar 16-bit by
-libswresample at its own rate and layout, which is the conversion the ffmpeg command line makes
+Step 1 is done with PyAV: the first audio stream is decoded and converted to interleaved 16-bit
+by libswresample at its own rate and layout (a WAV file's sample format), which is the conversion the ffmpeg command line makes
 for a WAV file, then divided by 32768. ``round`` is Python's (half to even), as in the reference.
 """
 from __future__ import annotations
@@ -38,8 +38,9 @@ import torch
 import torchaudio
 import torchvision.transforms.functional as TF
 
-from alphafuse.data._container import clip_id_for, duration_seconds, find_audio_stream, open_input
+from alphafuse.data._container import av_reason, clip_id_for, duration_seconds, find_audio_stream, open_input
 from alphafuse.data.colour import check_yuv_matrix
+from alphafuse.data.errors import ClipError
 from alphafuse.data.tsn import load_tsam_frames
 
 from .registry import InputSpec, register_spec
@@ -115,25 +116,41 @@ def decode_first_channel(path: str | Path, clip_id: str | None = None) -> tuple[
     clip_id = clip_id_for(path, clip_id)
     with open_input(path, clip_id) as container:
         stream = find_audio_stream(container)
-        chunks, rate, resampler = [], None, None
+        chunks, rate, resampler, channels = [], None, None, 1
         if stream is not None:
             try:
                 for packet in container.demux(stream):
                     for frame in _decode(packet):
                         if resampler is None:
-                            rate = frame.sample_rate
-                            resampler = av.AudioResampler(format="s16p", layout=frame.layout.name, rate=rate)
-                        chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+                            rate, channels = frame.sample_rate, frame.layout.nb_channels
+                            resampler = _resampler(frame, clip_id)
+                        chunks += [_first_channel(f, channels) for f in resampler.resample(frame)]
             except av.FFmpegError as exc:
                 log.debug("%s: audio demuxing stopped early: %s", clip_id, exc)
             if resampler is not None:
-                chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+                chunks += [_first_channel(f, channels) for f in resampler.resample(None)]
         if chunks and sum(c.size for c in chunks):
             samples = np.concatenate(chunks).astype(np.float32) / np.float32(32768)
             return torch.from_numpy(samples), int(rate), True
         seconds = duration_seconds(container) or FALLBACK_DURATION_S
     log.warning("%s: no audio; using silence", clip_id)
     return torch.zeros(max(N_FFT, int(round(seconds * SILENCE_RATE)))), SILENCE_RATE, False
+
+
+def _resampler(frame, clip_id: str) -> av.AudioResampler:
+    """Interleaved 16-bit at the frame's own rate and layout (a WAV file's samples). Interleaved,
+    not planar: PyAV's to_ndarray of a planar frame with 8 channels (7.1) reads past its planes
+    and crashes the process; the conversion and its rounding are the same either way."""
+    try:
+        return av.AudioResampler(format="s16", layout=frame.layout.name, rate=frame.sample_rate)
+    except (av.FFmpegError, ValueError) as exc:
+        raise ClipError(clip_id, f"cannot convert its {frame.layout.name or 'unnamed'} audio at "
+                                 f"{frame.sample_rate} Hz to 16-bit: {av_reason(exc)}") from None
+
+
+def _first_channel(frame, channels: int) -> np.ndarray:
+    """The first channel of an interleaved frame: (1, samples * channels) -> every channels-th."""
+    return frame.to_ndarray().reshape(-1, channels)[:, 0]
 
 
 def _decode(packet) -> list:
@@ -145,8 +162,12 @@ def _decode(packet) -> list:
 
 def load_tsam_spectrogram(path: str | Path, clip_id: str | None = None) -> tuple[torch.Tensor, bool]:
     """(TSAM's audio segment (3, 224, 224), has_audio) of one clip."""
+    clip_id = clip_id_for(path, clip_id)
     wave, rate, has_audio = decode_first_channel(path, clip_id)
-    return tsam_spectrogram(wave, rate), has_audio
+    try:
+        return tsam_spectrogram(wave, rate), has_audio
+    except ValueError as exc:   # a rate the fixed 4800-point FFT cannot take, or too few samples
+        raise ClipError(clip_id, f"TSAM's audio image: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- input specs

@@ -115,11 +115,24 @@ def read_label_names(path) -> list[str]:
     """A backbone's class names: AudioSet-style class_labels_indices.csv (index,mid,display_name),
     as CAV-MAE's egs ship them, or a plain file of one name per line."""
     import csv
+    import io
 
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    from alphafuse.data.files import read_regular_text
+
+    text = read_regular_text(path, "label file")
+    lines = text.splitlines()
     if lines and lines[0].lower().replace(" ", "").startswith("index,mid,display_name"):
-        rows = sorted(csv.reader(lines[1:]), key=lambda r: int(r[0]))
-        return [r[2] for r in rows]
+        rows = []
+        reader = csv.reader(io.StringIO(text, newline=""))
+        next(reader)
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < 3 or not row[0].strip().isdigit():
+                raise ValueError(f"{path}:{reader.line_num}: expected index,mid,display_name with an integer "
+                                 f"index, got {','.join(row)!r}")
+            rows.append((int(row[0]), row[2]))
+        return [name for _, name in sorted(rows)]
     return [line.strip() for line in lines if line.strip()]
 
 

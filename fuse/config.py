@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from alphafuse.data.memory import check_fits
 from alphafuse.settings import SEED_RANGE, SETTINGS, check_int
 
 from .heads import DEFAULT_HEAD, check_head_options, get_head
@@ -59,6 +60,10 @@ class TrainConfig:
         if not all(_is_int(h) and h > 0 for h in self.hidden):
             raise ValueError(f"hidden sizes must be positive integers, got {self.hidden}")
         self.hidden = tuple(check_int(h, "hidden", 1) for h in self.hidden)
+        # Whatever the inputs, consecutive hidden layers hold h[i] * h[i+1] weights (x4 in
+        # training: gradients and Adam's moments); refuse sizes no machine here can hold.
+        least = 16 * (sum(a * b for a, b in zip(self.hidden, self.hidden[1:])) + 2 * sum(self.hidden))
+        check_fits(least, f"hidden={','.join(map(str, self.hidden))}: the hidden layers")
         for name, high in (("dropout", 1), ("modality_dropout", 1)):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and 0 <= value < high):

@@ -9,20 +9,23 @@ embeddings with views by the evaluation rule (the mean of the per-view softmax, 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import nn
 
 from alphafuse.data import ClipError, load_inputs
-from alphafuse.extract.registry import spec_from_dict
+from alphafuse.data.errors import unexpected_reason
 from alphafuse.extract.backbones import rebuild_backbone
-from alphafuse.extract.registry import Extras
+from alphafuse.extract.registry import Extras, spec_from_dict
 from alphafuse.extract.runner import PRECISIONS, Roles, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits
 from .metrics import allowed_classes, mask_unseen
 from .run import load_run
+
+log = logging.getLogger(__name__)
 
 
 class AlphaTransformer(nn.Module):
@@ -108,10 +111,16 @@ class AlphaTransformer(nn.Module):
         for path in paths:
             try:
                 clip = load_inputs(path, self.specs["video"], self.specs["audio"])
+                logits = self(clip.video[None].to(device), clip.fbank[None].to(device)).cpu()
             except ClipError as exc:
                 results.append({"path": str(path), "error": exc.reason})
                 continue
-            logits = self(clip.video[None].to(device), clip.fbank[None].to(device)).cpu()
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:   # as extraction: one bad file is one error, the others still predicted
+                log.debug("%s: unexpected error", path, exc_info=True)
+                results.append({"path": str(path), "error": unexpected_reason(exc)})
+                continue
             probs = torch.softmax(mask_unseen(logits, self.allowed), dim=1)[0]
             top = probs.topk(min(top_k, len(probs) if self.allowed is None else int(self.allowed.sum())))
             results.append({"path": str(path), "has_audio": clip.has_audio,

@@ -35,6 +35,7 @@ import torch
 
 from alphafuse.cache import CacheError, FeatureSplit, check_compatible, read_split
 from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
+from alphafuse.data.files import require_file
 
 from . import plots
 from .config import TrainConfig
@@ -124,8 +125,9 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
 def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, dict]:
     """The head saved in ``run_dir`` (``which``: best or last epoch) in eval mode, and its metadata."""
     path = Path(run_dir) / HEAD_FILE
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path} not found; point to a run directory written by fuse_run")
+    require_file(path, "run file")   # a FIFO or device named head.pt is refused, never read
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     try:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from alphafuse.cache import FeatureSplit
+from alphafuse.data.memory import check_fits, module_bytes
 
 from .config import TrainConfig
 from .heads.concat import AlphaFuseHead
@@ -169,6 +170,12 @@ def _init_stack(cfgs, video_dim: int, audio_dim: int, num_classes: int, device: 
     Heads of one stack with the same seed have the same shapes, so their initialisation used
     the seeded RNG identically and their dropout streams coincide: one generator serves them all.
     """
+    # Sized on the meta device first, as create_head does: weights, gradients, Adam's moments.
+    needed = sum(4 * module_bytes(AlphaFuseHead, video_dim, audio_dim, num_classes, **cfg.head_kwargs())
+                 for cfg in cfgs)
+    hidden = sorted({",".join(map(str, cfg.hidden)) for cfg in cfgs})
+    check_fits(needed, f"a stack of {len(cfgs)} concat heads (hidden={' / '.join(hidden)}) on inputs "
+                       f"video ({video_dim},), audio ({audio_dim},): training it")
     models, streams, seed_index, stream_of = [], [], {}, []
     for cfg in cfgs:
         with _seeded(cfg.seed, device):

@@ -209,7 +209,7 @@ def _copy_state(model: torch.nn.Module) -> dict:
 
 def _check_splits(train: FeatureSplit, val: FeatureSplit | None, cfg: TrainConfig | None = None) -> None:
     if len(train) == 0:
-        raise ValueError(f"train split {train.path or train.split!r} has no clips; extract it first")
+        raise ValueError(f"train split {str(train.path or train.split)!r} has no clips; extract it first")
     if val is None:
         if cfg is not None and cfg.patience is not None:
             raise ValueError(f"patience={cfg.patience} stops on the val score: give a val split, or no patience")

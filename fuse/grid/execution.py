@@ -310,7 +310,7 @@ def _check_splits(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSp
     if test is None or len(test) == 0:
         raise ValueError("a grid needs a test split with clips: its results are test scores")
     if len(train) == 0:
-        raise ValueError(f"train split {train.path or train.split!r} has no clips; extract it first")
+        raise ValueError(f"train split {str(train.path or train.split)!r} has no clips; extract it first")
     check_compatible(train, *(s for s in (val, test) if s is not None))
     for names, head in {cfg.needs(): cfg.head for cfg in configs}.items():
         for split in (s for s in (train, val, test) if s is not None):
