@@ -41,6 +41,10 @@ _norm = partial(nn.LayerNorm, eps=1e-6)
 # timesformer/datasets/utils.py tensor_normalize applies them); frame count and size come from
 # the model's num_frames and img_size.
 PREPROCESSING = dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+# timesformer/datasets/decoder.py pyav_decode: ``frame.to_rgb().to_ndarray()``. The PyAV of its
+# time (before 17) converted with swscale's default matrix, BT.601, whatever the stream's tag
+# (PyAV-Org/PyAV issues #873, #2230; data/colour.py), so BT.709-tagged clips are converted so here.
+YUV_MATRIX = "bt601"
 
 
 # TimeSformer's temporal sampling rules (data/sampling.py is their registry; VideoConfig(sampling=...)
@@ -220,7 +224,7 @@ class TimeSformer(nn.Module):
         (configs/Kinetics/TimeSformer_divST_*): 8/7 of the crop, used at any size."""
         resize = round(self.img_size * 8 / 7) if spatial_crops == 1 else None
         return {"video": VideoConfig(**PREPROCESSING, num_frames=self.num_frames, img_size=self.img_size,
-                                     resize=resize, spatial_crops=spatial_crops)}
+                                     resize=resize, spatial_crops=spatial_crops, yuv_matrix=YUV_MATRIX)}
 
     def embedding_shapes(self, modality: str = "video", extras: Extras = Extras()) -> dict:
         D, depth = self.embed_dim, len(self.blocks)

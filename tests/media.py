@@ -74,7 +74,9 @@ def timesformer_pyav_frames(path, t=8, sampling_rate=32, target_fps=30, clip_idx
         # decode(): get_start_end_idx(len, clip_sz, 0, 1) on the decoded set, then sampling.
         index = torch.clamp(torch.linspace(0, clip_size - 1, t), 0, len(ordered) - 1).long()
         chosen = [ordered[i] for i in index.tolist()]
-        return [f.pts for f in chosen], {f.pts: f.to_ndarray(format="rgb24") for f in chosen}
+        # frame.to_rgb().to_ndarray() with the PyAV of its time: swscale's default matrix, BT.601.
+        return [f.pts for f in chosen], {f.pts: f.to_ndarray(format="rgb24", src_colorspace="ITU601")
+                                         for f in chosen}
 
 
 def cavmae_indices(n: int, fps: float, extract_frame_num=10) -> list[int]:

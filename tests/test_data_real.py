@@ -1,13 +1,16 @@
 """data/ on the real VGGSound subset (skipped, with the reason, where it is absent)."""
+import dataclasses
 import json
 import math
 
+import av
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from alphafuse.data import (AudioConfig, ClipDataset, VideoConfig, decode_audio, load_fbank, load_video,
-                  read_manifest)
+                            read_manifest)
+from alphafuse.extract.timesformer import YUV_MATRIX as TIMESFORMER_YUV
 from tests.media import (ast_fbank, cavmae_indices, cavmae_preprocess, ffmpeg_wav, link, read_wav,
                          reference_preprocess, reference_sampled_frames, timesformer_indices,
                          timesformer_pyav_frames, video_fps)
@@ -124,10 +127,27 @@ def test_real_timesformer_pyav_equals_its_decoder_where_metadata_overstates_the_
     path = subset_dir / AWKWARD[3]
     pts, kept = timesformer_pyav_frames(path)
     want = reference_preprocess([kept[p] for p in pts], scale=256)
-    got = load_video(path, VideoConfig(resize=256, sampling="timesformer_pyav"))
+    got = load_video(path, VideoConfig(resize=256, sampling="timesformer_pyav", yuv_matrix=TIMESFORMER_YUV))
     assert (got - want).abs().max().item() <= 1e-5
     other = load_video(path, VideoConfig(resize=256, sampling="timesformer_window"))
     assert (got - other).abs().max().item() > 0.1
+
+
+def test_timesformer_converts_tagged_clips_as_its_pyav_did(subset_dir):
+    # TimeSformer's input converts YUV with BT.601 whatever the tag (the PyAV its decoder.py ran
+    # on); on a BT.709-tagged real clip that is not what the stream's own matrix gives.
+    from alphafuse.extract import load_timesformer
+
+    spec = load_timesformer(arch="tiny").input_specs("video")["video"]
+    assert spec.yuv_matrix == TIMESFORMER_YUV == "bt601"
+    tagged = next(p for p in sorted(subset_dir.glob("*/*.mp4")) if _is_bt709(p))
+    stream = load_video(tagged, dataclasses.replace(spec, yuv_matrix="stream"))
+    assert (load_video(tagged, spec) - stream).abs().max().item() > 0.05
+
+
+def _is_bt709(path) -> bool:
+    with av.open(str(path)) as container:
+        return container.streams.video[0].codec_context.colorspace == 1   # AVCOL_SPC_BT709
 
 
 def test_real_cavmae_frames_equal_its_extraction_and_dataloader(subset_dir):
