@@ -1,6 +1,8 @@
-"""The HDF5 feature store: one file per split, readable with plain h5py.
+"""The HDF5 split file: one split of one store (or of a schema-2 folder), readable with plain h5py.
 
-Layout of ``<cache dir>/<split>.h5`` (schema version 2)::
+Since schema 3 a cache folder holds one store per encoder, ``<cache dir>/<store id>/<split>.h5``
+(cache/stores.py), each file holding its own backbone's embeddings; a schema-2 folder holds one
+``<cache dir>/<split>.h5`` with both encoders. The file format is the same::
 
     clip_id    (N,)       utf-8 string
     label      (N,)       int64, index into the ``label_names`` attribute
@@ -15,7 +17,7 @@ Layout of ``<cache dir>/<split>.h5`` (schema version 2)::
 
     attrs: schema_version, split, label_names, embeddings (name -> shape, dtype, what it is),
            backbones, preprocessing, extraction (JSON strings where structured), tool_version,
-           created
+           created; store_id in a store's file (schema 3)
 
 Version 1 files (``video`` and ``audio`` only, no ``embeddings`` attribute) are read as before.
 
@@ -35,8 +37,8 @@ import numpy as np
 from alphafuse import __version__ as TOOL_VERSION  # the package's one version string
 from alphafuse.data.atomic import atomic_write_with
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _STR = h5py.string_dtype("utf-8")
 _RESERVED = {"clip_id", "label", "has_audio", "errors"}
 # Embeddings at most this many bytes are read into memory by read_split(lazy="auto"); bigger
@@ -260,6 +262,10 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
     """
     path = Path(path)
     if not path.is_file():
+        from .stores import list_stores, open_split
+        if path.suffix == ".h5" and path.parent.is_dir() and list_stores(path.parent):
+            # <cache dir>/<split>.h5 names the split of a folder of stores too: its only stores.
+            return _only(open_split(path.parent, path.stem, lazy=lazy), names)
         raise CacheError(f"{path}: no such cache file (run the extract command for this split first)")
     try:
         with h5py.File(path, "r") as f:
@@ -301,6 +307,18 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CacheError(f"{path}: not a readable alphafuse cache ({_one_line(exc)})") from exc
+
+
+def _only(features: FeatureSplit, names) -> FeatureSplit:
+    if names is None:
+        return features
+    missing = [n for n in names if n not in features.embeddings]
+    if missing:
+        raise CacheError(f"{features.path} has no embedding {', '.join(map(repr, missing))} (it has: "
+                         f"{', '.join(features.embeddings)})")
+    features.embeddings = {n: features.embeddings[n] for n in names}
+    features.embedding_info = {n: v for n, v in features.embedding_info.items() if n in names}
+    return features
 
 
 def _one_line(exc: BaseException) -> str:
