@@ -166,9 +166,21 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+_CHOOSE = ("video_backbone", "audio_backbone", "backbone")
+_CHOOSE_DEFAULTS = {"video_backbone": None, "audio_backbone": None}   # choosing: the folder's only store
+
+
+def _chosen(s: Settings, flags: dict) -> dict:
+    """The stores to combine: --video-backbone, --audio-backbone, --backbone (or the config's keys),
+    never extraction's defaults (a role left unnamed takes the folder's only store)."""
+    from alphafuse.fuse.commands import selection
+
+    return selection(*(s.get(name, flags.pop(name, None), None) for name in _CHOOSE))
+
+
 @main.command(cls=_HeadsEpilog)
 @config_option
-@options("cache_dir", "out", *_HEAD_SETTINGS, "seed", "device", device="cpu")
+@options("cache_dir", *_CHOOSE, "out", *_HEAD_SETTINGS, "seed", "device", device="cpu", **_CHOOSE_DEFAULTS)
 @head_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def fuse(config, out, cache_dir, device, overwrite, **flags):
@@ -182,10 +194,12 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
     from alphafuse.fuse.commands import fuse_command
 
     s = settings(config, "fuse")
+    chosen = _chosen(s, flags)
     cfg = _train_config(s, flags, device=_device(s.get("device", device, "cpu")))
     cache = Path(s.get("cache_dir", cache_dir))
     out_dir = s.get("out", out, None)
-    fuse_command(cache, cfg, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), overwrite, echo=click.echo)
+    fuse_command(cache, cfg, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), overwrite, echo=click.echo,
+                 chosen=chosen)
 
 
 @main.command()
@@ -201,18 +215,21 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json):
-    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
+@options(*_CHOOSE, **_CHOOSE_DEFAULTS)
+def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json, **flags):
+    """Re-score a saved head on a cached split (the stores it was trained on, unless named), or the
+    backbone's own classifier (--backbone-logits)."""
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
+    chosen = _chosen(settings(None, "evaluate"), flags)
     if backbone_logits:
         if cache_dir is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
-        evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo)
+        evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo, chosen=chosen)
         return
     if run_dir is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
-    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo)
+    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo, chosen=chosen)
 
 
 @main.command()
@@ -244,8 +261,9 @@ def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoi
 
 @main.command(cls=_HeadsEpilog)
 @config_option
-@options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
-         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
+@options("cache_dir", *_CHOOSE, "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights",
+         "pairs", "seeds", "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout",
+         "patience", **_CHOOSE_DEFAULTS)
 @click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
               help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
@@ -261,9 +279,10 @@ def grid(config, cache_dir, out, overwrite, **flags):
     from alphafuse.fuse.commands import grid_command, per_head_options
 
     s = settings(config, "grid")
+    chosen = _chosen(s, flags)
     sweep = {k: s.get(k, flags[k], None)
-             for k in ("preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights")}
-    if (sweep["transforms"] or sweep["alphas"] or sweep["heads"]) and not flags["preset"]:
+             for k in ("preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "pairs")}
+    if (sweep["transforms"] or sweep["alphas"] or sweep["heads"] or sweep["pairs"]) and not flags["preset"]:
         sweep["preset"] = None
     base = _train_config(s, {**flags, "head": None, "head_options": None}, device="cpu")
     cache = Path(s.get("cache_dir", cache_dir))
@@ -271,7 +290,7 @@ def grid(config, cache_dir, out, overwrite, **flags):
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
                  method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
-                 head_options=per_head_options(flags["head_options"]))
+                 head_options=per_head_options(flags["head_options"]), chosen=chosen)
 
 
 # ----------------------------------------------------------------------------- demo

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Callable
 
+from alphafuse.settings import SettingError, flag
+
 from .checkpoint import trusted_checkpoints
 from .registry import backbone_names, create_backbone, get_backbone, parse_option
 from .runner import ExtractConfig, ExtractionSummary, Roles, extract_split, shard_from_env
@@ -80,6 +82,11 @@ def backbones_from_settings(s, flags: dict) -> Roles:
                             s.get("audio_checkpoint", flags.get("audio_checkpoint"), None))}
     selected = [name for name, _ in wanted.values()]
     for role, (name, _) in wanted.items():
+        known = backbone_names(role)
+        if name not in known:
+            setting = {"video": "video_backbone", "audio": "audio_backbone", "audiovisual": "backbone"}[role]
+            raise SettingError(f"{flag(setting)} must be one of {', '.join(known)} (the registered backbones that "
+                               f"encode {role}), got {name!r}")
         if not get_backbone(name).can_encode(role):
             raise ValueError(f"backbone {name} does not encode {role} (it is {get_backbone(name).modality})")
     # Later layers win: the config file's arch and seed, the family's own config file (TSAM's

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from alphafuse.cache import read_split
+from alphafuse.cache import open_split, split_exists
 from alphafuse.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -19,12 +19,28 @@ Echo = Callable[[str], None]
 CONFIG_FILE = "config.json"    # what a run or grid ran with: settings, backbones, preprocessing
 
 
-def optional_split(cache_dir: Path, name: str):
-    path = Path(cache_dir) / f"{name}.h5"
-    if not path.exists():
-        log.warning("%s not found: training without a %s split", path, name)
+def selection(video: str | None = None, audio: str | None = None, backbone: str | None = None) -> dict:
+    """The encoders to combine from a cache folder (cache/stores.py): a backbone name or short
+    store id per role; a role left None takes the folder's only store of that role."""
+    return {k: v for k, v in (("video", video), ("audio", audio), ("backbone", backbone)) if v}
+
+
+def open_cache(cache_dir, name: str, chosen: dict | None = None):
+    """Split ``name`` of the cache folder: the chosen stores combined, or a schema-2 file."""
+    return open_split(cache_dir, name, **(chosen or {}))
+
+
+def optional_split(cache_dir: Path, name: str, chosen: dict | None = None):
+    if not split_exists(cache_dir, name, **(chosen or {})):
+        log.warning("%s: no %s split: training without it", cache_dir, name)
         return None
-    return read_split(path)
+    return open_cache(cache_dir, name, chosen)
+
+
+def run_selection(meta: dict) -> dict:
+    """The stores a run was trained on, as a selection (runs before schema 3 record none)."""
+    stores = meta.get("stores") or {}
+    return {("backbone" if role == "audiovisual" else role): sid for role, sid in stores.items()}
 
 
 def run_name(cfg) -> str:
@@ -37,13 +53,15 @@ def run_name(cfg) -> str:
     return "-".join(parts) + f"-seed{cfg.seed}"
 
 
-def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrite: bool, echo: Echo = print) -> dict:
+def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrite: bool, echo: Echo = print,
+                 chosen: dict | None = None) -> dict:
+    """``chosen``: the encoders to combine (see :func:`selection`)."""
     from .run import fuse_run
 
     out_dir = out_dir or run_dir / run_name(cfg)
-    train = read_split(Path(cache) / "train.h5")
-    metrics = fuse_run(train, optional_split(cache, "val"), optional_split(cache, "test"), cfg, out_dir,
-                       overwrite=overwrite)
+    train = open_cache(cache, "train", chosen)
+    metrics = fuse_run(train, optional_split(cache, "val", chosen), optional_split(cache, "test", chosen), cfg,
+                       out_dir, overwrite=overwrite)
     echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']} (trained in {metrics['train_seconds']:.2f} s)")
     for name in ("val", "test"):
         best, last = metrics.get(name), (metrics.get("last") or {}).get(name)
@@ -62,7 +80,7 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
         echo("  test top1 with a modality missing: " + ", ".join(f"{m.replace('_', ' ')} {v:.3f}"
                                                                    for m, v in missing.items()))
     atomic_write_text(out_dir / CONFIG_FILE, json.dumps(
-        {"command": "fuse", "cache_dir": str(cache), "config": cfg.to_dict(),
+        {"command": "fuse", "cache_dir": str(cache), "config": cfg.to_dict(), "stores": train.attrs.get("stores"),
          "backbones": train.backbones, "preprocessing": train.preprocessing,
          "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
     echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png, "
@@ -71,16 +89,18 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
 
 
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
-                     echo: Echo = print) -> dict:
+                     echo: Echo = print, chosen: dict | None = None) -> dict:
+    """Without ``chosen`` the run's own stores are read (the encoders it was trained on)."""
     from .run import evaluate_run, load_run
 
+    _, meta = load_run(run_dir)
     if cache_dir is None:
-        _, meta = load_run(run_dir)
-        recorded = (meta.get("cache_paths") or {}).get("train")
+        recorded = meta.get("cache_dir") or (meta.get("cache_paths") or {}).get("train")
         if not recorded:
             raise ValueError(f"{run_dir} does not record its cache: give the cache folder (cache_dir)")
-        cache_dir = Path(recorded).parent
-    metrics = evaluate_run(run_dir, read_split(Path(cache_dir) / f"{split}.h5"), predictions, which=which)
+        cache_dir = recorded if meta.get("cache_dir") else Path(recorded).parent
+    chosen = chosen or run_selection(meta)
+    metrics = evaluate_run(run_dir, open_cache(cache_dir, split, chosen), predictions, which=which)
     if as_json:
         echo(json.dumps(metrics, indent=2))
         return metrics
@@ -103,10 +123,11 @@ def read_label_names(path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def evaluate_backbone_command(cache_dir: Path, split: str, labels_path, as_json: bool, echo: Echo = print) -> dict:
+def evaluate_backbone_command(cache_dir: Path, split: str, labels_path, as_json: bool, echo: Echo = print,
+                              chosen: dict | None = None) -> dict:
     from .evaluation import evaluate_backbone_logits
 
-    features = read_split(Path(cache_dir) / f"{split}.h5")
+    features = open_cache(cache_dir, split, chosen)
     names = read_label_names(labels_path) if labels_path else None
     metrics = evaluate_backbone_logits(features, backbone_labels=names)
     if as_json:
@@ -138,6 +159,11 @@ def predict_command(videos, run_dir: Path, top_k: int, checkpoints: dict, device
     return 1 if any("error" in r for r in results) else 0
 
 
+def _pair_label(chosen: dict | None) -> str:
+    chosen = chosen or {}
+    return chosen.get("backbone") or "+".join(chosen.get(m, "?") for m in ("video", "audio"))
+
+
 def per_head_options(items) -> dict[str, dict]:
     """``HEAD.KEY=VALUE`` strings (the grid's --head-option) -> {head: its typed options}."""
     from .heads import parse_head_options
@@ -153,37 +179,50 @@ def per_head_options(items) -> dict[str, dict]:
 
 def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: dict, *, seeds: int, jobs,
                  method: str, overwrite: bool, echo: Echo = print, progress: bool = True,
-                 head_options: dict | None = None):
+                 head_options: dict | None = None, chosen: dict | None = None):
     from tqdm import tqdm
 
-    from .grid import configs_from_options, format_summary_table, run_grid
+    from .grid import configs_from_options, format_summary_table, parse_pairs, run_grid, run_pair_grid
 
-    preset = sweep.get("preset")
-    if not preset and not sweep.get("transforms") and not sweep.get("alphas") and not sweep.get("heads"):
-        raise ValueError("nothing to run: give a preset (preset paper), a sweep (transforms, alphas) or heads")
-    name = (f"grid-{preset}" if preset else "grid-heads-" + sweep["heads"].replace(",", "+") if sweep.get("heads")
+    preset, pairs = sweep.get("preset"), sweep.get("pairs")
+    if not (preset or pairs or sweep.get("transforms") or sweep.get("alphas") or sweep.get("heads")):
+        raise ValueError("nothing to run: give a preset (preset paper), a sweep (transforms, alphas), heads or pairs")
+    if pairs and chosen:
+        raise ValueError("pairs name the encoders of each pair; drop the video/audio backbone selection")
+    name = (f"grid-pairs-{pairs.replace(',', '-')}" if pairs else f"grid-{preset}" if preset
+            else "grid-heads-" + sweep["heads"].replace(",", "+") if sweep.get("heads")
             else "grid-" + (sweep.get("transforms") or "scale").replace(",", "+"))
     out_dir = out_dir or run_dir / name
     configs = configs_from_options(preset, sweep.get("transforms"), sweep.get("targets"), sweep.get("alphas"), seeds,
                                    base, sweep.get("learned"), heads=sweep.get("heads"),
-                                   late_weights=sweep.get("late_weights"))
+                                   late_weights=sweep.get("late_weights"), pairs=bool(pairs))
     if head_options:
         unused = sorted(set(head_options) - {c.head for c in configs})
         if unused:
             raise ValueError(f"head options for {', '.join(unused)}, which this grid does not train")
         configs = [replace(c, head_options={**c.head_options, **head_options.get(c.head, {})}) for c in configs]
-    train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
-    val = optional_split(cache, "val")
-    with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
-        def on_row(done, total, row):
+    selections = parse_pairs(pairs) if pairs else [chosen]
+    data = {_pair_label(sel): (open_cache(cache, "train", sel), optional_split(cache, "val", sel),
+                                open_cache(cache, "test", sel)) for sel in selections}
+    train, val, test = next(iter(data.values()))
+    total = len(configs) * len(data)
+    with tqdm(total=total, desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
+        def on_row(done, _total, row):
             bar.update(1)
             bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
-        result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
-                          overwrite=overwrite)
+        if pairs:
+            result = run_pair_grid(data, configs, out_dir, jobs=jobs, method=method, progress=on_row,
+                                   overwrite=overwrite)
+        else:
+            result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
+                              overwrite=overwrite)
     table = format_summary_table(result, len(result.test_labels))
     atomic_write_text(Path(out_dir) / CONFIG_FILE, json.dumps(
-        {"command": "grid", "cache_dir": str(cache), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
-         "configs": len(configs), "backbones": train.backbones, "preprocessing": train.preprocessing,
+        {"command": "grid", "cache_dir": str(cache), "stores": {label: d[0].attrs.get("stores") for label, d in data.items()}
+         if pairs else train.attrs.get("stores"), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
+         "configs": len(configs),
+         "backbones": {label: d[0].backbones for label, d in data.items()} if pairs else train.backbones,
+         "preprocessing": train.preprocessing,
          "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
     echo(table)
     echo(f"{len(result.rows)} heads trained in {result.seconds:.1f} s ({result.method}, {result.jobs} job(s)); "
