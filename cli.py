@@ -323,12 +323,17 @@ def cache():
 
 
 @cache.command("info")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def cache_info(path, as_json):
-    """Summarise one <split>.h5: clips, embeddings (what each is), labels, errors, backbones."""
-    from alphafuse.cache.info import describe_split, format_info
+    """Summarise a cache folder (every store: backbone, options, checkpoint, splits, clips, embeddings,
+    short id) or one <split>.h5 (clips, embeddings and what each is, labels, errors, backbones)."""
+    from alphafuse.cache.info import describe_folder, describe_split, format_folder, format_info
 
+    if Path(path).is_dir():
+        info = describe_folder(path)
+        click.echo(json.dumps(info, indent=2, default=str) if as_json else format_folder(info))
+        return
     info = describe_split(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_info(info))
 
@@ -337,12 +342,14 @@ def cache_info(path, as_json):
 @config_option
 @options("cache_dir")
 @click.option("--split", required=True, help="The split whose shards to merge.")
-def cache_merge(config, cache_dir, split):
-    """Merge the parts of a sharded extraction into <split>.h5 (when no shard did it)."""
-    from alphafuse.cache import merge_parts
+@click.option("--store", help="Only this store (backbone name or short id). Default: every store with parts of the split.")
+def cache_merge(config, cache_dir, split, store):
+    """Merge the parts of a sharded extraction into each store's <split>.h5 (when no shard did it)."""
+    from alphafuse.cache import merge_split
 
     s = settings(config, "cache")
-    click.echo(f"merged into {merge_parts(s.get('cache_dir', cache_dir), split)}")
+    for path in merge_split(s.get("cache_dir", cache_dir), split, store):
+        click.echo(f"merged into {path}")
 
 
 # ----------------------------------------------------------------------------- errors
