@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alphafuse.data.atomic import atomic_write_text
+from alphafuse.data.atomic import atomic_write_text, describe_os_error
 
 from .store import CacheError, FeatureSplit, read_split
 
@@ -56,7 +56,10 @@ def ensure_store(cache_dir, identity: dict) -> Path:
     """The store folder of ``identity`` in ``cache_dir``, created with its store.json if new."""
     sid = store_id(identity)
     folder = Path(cache_dir) / sid
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create {folder}: {describe_os_error(exc)}") from exc
     if not (folder / STORE_FILE).exists():
         (role, description), = identity["backbones"].items()
         atomic_write_text(folder / STORE_FILE, json.dumps(
@@ -118,6 +121,9 @@ def select_stores(cache_dir, video: str | None = None, audio: str | None = None,
     CacheErrors naming the candidates and the setting that chooses.
     """
     stores = list_stores(cache_dir) if stores is None else stores
+    # A store with no finished split (an extraction still running, or refused at its start) is
+    # no candidate yet.
+    stores = [s for s in stores if s.splits()]
     where = f"{cache_dir}/" if not str(cache_dir).endswith("/") else str(cache_dir)
     by_role = {role: [s for s in stores if s.role == role] for role in ROLES}
     if backbone and (video or audio):
