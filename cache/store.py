@@ -254,7 +254,9 @@ def _write_embedding(f: h5py.File, name: str, value) -> None:
 
 def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
                names: list[str] | None = None) -> FeatureSplit:
-    """Open one split file. Raises :class:`CacheError` naming the file.
+    """Open one split file. Raises :class:`CacheError` naming the file. Where ``<dir>/<split>.h5``
+    is absent and ``<dir>`` is a folder of stores, that folder's split is opened instead (its
+    only store per role, :func:`cache.open_split`).
 
     ``lazy``: False reads every embedding into memory, True none (each becomes a
     :class:`LazyArray`), "auto" those above ``EAGER_MAX_BYTES``. ``names`` keeps only those
@@ -267,6 +269,20 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
             # <cache dir>/<split>.h5 names the split of a folder of stores too: its only stores.
             return _only(open_split(path.parent, path.stem, lazy=lazy), names)
         raise CacheError(f"{path}: no such cache file (run the extract command for this split first)")
+    fields = read_fields(path, lazy, names)
+    fields["clip_ids"] = decode_ids(fields["clip_ids"])
+    return FeatureSplit(**fields)
+
+
+def decode_ids(raw) -> list[str]:
+    """The clip ids of a split file as read raw by :func:`read_fields` (utf-8 bytes)."""
+    return [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw]
+
+
+def read_fields(path: Path, lazy: bool | str = "auto", names: list[str] | None = None) -> dict:
+    """What :func:`read_split` makes a FeatureSplit of, with ``clip_ids`` still the file's raw
+    bytes: cache/stores.py compares several stores' ids raw and builds one FeatureSplit of them
+    (checked once, as one file is)."""
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("schema_version", -1))
@@ -289,9 +305,9 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
                 else:
                     embeddings[name] = dset[()]
             known = {"schema_version", "split", "label_names", "backbones", "preprocessing", "embeddings"}
-            return FeatureSplit(
+            return dict(
                 split=str(f.attrs["split"]),
-                clip_ids=list(f["clip_id"].asstr()[()]),
+                clip_ids=f["clip_id"][()],
                 labels=f["label"][()],
                 has_audio=f["has_audio"][()],
                 label_names=json.loads(f.attrs["label_names"]),

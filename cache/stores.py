@@ -21,12 +21,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from alphafuse.data.atomic import atomic_write_text, describe_os_error
 
-from .store import CacheError, FeatureSplit, read_split
+from .store import CacheError, FeatureSplit, decode_ids, read_fields, read_split
 
 STORE_FILE = "store.json"
 ROLES = ("video", "audio", "audiovisual")
@@ -206,7 +207,7 @@ def open_split(cache_dir, split: str, video: str | None = None, audio: str | Non
         if not path.is_file():
             raise CacheError(f"{path}: no such cache file (run the extract command for split {split!r} with "
                              f"{ROLE_FLAGS[role]} {store.backbone})")
-        parts[role] = (store, read_split(path, lazy=lazy))
+        parts[role] = (store, read_fields(path, lazy))
     return combine(cache_dir, split, parts)
 
 
@@ -221,40 +222,52 @@ def _check_legacy_names(features: FeatureSplit, path: Path, **names) -> None:
                              hint=ROLE_SETTINGS[role])
 
 
-def combine(cache_dir, split: str, parts: dict[str, tuple[Store, FeatureSplit]]) -> FeatureSplit:
-    """One FeatureSplit of the stores' splits {role: (store, split)}, refusing any disagreement."""
+def combine(cache_dir, split: str, parts: dict[str, tuple[Store, dict]]) -> FeatureSplit:
+    """One FeatureSplit of the stores' split files {role: (store, cache.store.read_fields(...))},
+    refusing any disagreement. Clip ids are compared as stored and the result is checked once
+    (NaN included), so reading two stores costs what reading one file of both costs."""
     items = list(parts.items())
     (_, (first_store, first)), rest = items[0], items[1:]
     for role, (store, other) in rest:
-        _check_agree(first_store, first, store, other)
+        same = (first["label_names"] == other["label_names"] and np.array_equal(first["clip_ids"], other["clip_ids"])
+                and np.array_equal(first["labels"], other["labels"])
+                and np.array_equal(first["has_audio"], other["has_audio"]))
+        if not same:
+            _check_agree(first_store, _view(first), store, _view(other))
     embeddings, info, backbones, preprocessing, sources, extraction = {}, {}, {}, {}, {}, {}
     errors = {}
     for role, (store, f) in items:
-        for name, value in f.embeddings.items():
+        for name, value in f["embeddings"].items():
             if name in embeddings:
                 raise CacheError(f"stores {info[name]['store']} and {store.id} both hold a {name!r} embedding; "
                                  f"choose stores of other roles")
             embeddings[name] = value
-            info[name] = {**f.embedding_info.get(name, {}), "store": store.id}
-        backbones.update(f.backbones)
-        for slot, spec in f.preprocessing.items():
+            info[name] = {**f["embedding_info"].get(name, {}), "store": store.id}
+        backbones.update(f["backbones"])
+        for slot, spec in f["preprocessing"].items():
             if slot in preprocessing and preprocessing[slot] != spec:
                 raise CacheError(f"stores {', '.join(s.id for s, _ in parts.values())} read their {slot} input "
                                  f"with different preprocessing; they cannot be combined")
             preprocessing[slot] = spec
-        sources.update(f.attrs.get("sources") or {})
-        extraction[role] = f.attrs.get("extraction") or {}
-        errors.update(dict(f.errors))
+        sources.update(f["attrs"].get("sources") or {})
+        extraction[role] = f["attrs"].get("extraction") or {}
+        errors.update(dict(f["errors"]))
     same = all(e == next(iter(extraction.values())) for e in extraction.values())
     attrs = {"stores": {role: store.id for role, (store, _) in items}, "sources": sources,
              # One extraction dict where the stores agree (as schema 2 had); per role where not.
              "extraction": next(iter(extraction.values())) if same else {},
              "extraction_by_role": extraction,
-             "created": min(str(f.attrs.get("created", "")) for _, (_, f) in items)}
-    return FeatureSplit(split, first.clip_ids, first.labels, has_audio=first.has_audio,
-                        label_names=first.label_names, backbones=backbones, preprocessing=preprocessing,
+             "created": min(str(f["attrs"].get("created", "")) for _, (_, f) in items)}
+    return FeatureSplit(split, decode_ids(first["clip_ids"]), first["labels"], has_audio=first["has_audio"],
+                        label_names=first["label_names"], backbones=backbones, preprocessing=preprocessing,
                         errors=sorted(errors.items()), attrs=attrs, path=Path(cache_dir) / split,
                         embeddings=embeddings, embedding_info=info)
+
+
+def _view(fields: dict) -> SimpleNamespace:
+    """The parts of a store's split that _check_agree names a clip from."""
+    return SimpleNamespace(split=fields["split"], clip_ids=decode_ids(fields["clip_ids"]), labels=fields["labels"],
+                           has_audio=fields["has_audio"], label_names=fields["label_names"], errors=fields["errors"])
 
 
 def _check_agree(store_a: Store, a: FeatureSplit, store_b: Store, b: FeatureSplit) -> None:
