@@ -164,9 +164,21 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+_CHOOSE = ("video_backbone", "audio_backbone", "backbone")
+_CHOOSE_DEFAULTS = {"video_backbone": None, "audio_backbone": None}   # choosing: the folder's only store
+
+
+def _chosen(s: Settings, flags: dict) -> dict:
+    """The stores to combine: --video-backbone, --audio-backbone, --backbone (or the config's keys),
+    never extraction's defaults (a role left unnamed takes the folder's only store)."""
+    from alphafuse.fuse.commands import selection
+
+    return selection(*(s.get(name, flags.pop(name, None), None) for name in _CHOOSE))
+
+
 @main.command(cls=_HeadsEpilog)
 @config_option
-@options("cache_dir", "out", *_HEAD_SETTINGS, "seed", "device", device="cpu")
+@options("cache_dir", *_CHOOSE, "out", *_HEAD_SETTINGS, "seed", "device", device="cpu", **_CHOOSE_DEFAULTS)
 @head_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def fuse(config, out, cache_dir, device, overwrite, **flags):
@@ -180,18 +192,21 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
     from alphafuse.fuse.commands import fuse_command
 
     s = settings(config, "fuse")
+    chosen = _chosen(s, flags)
     cfg = _train_config(s, flags, device=_device(s.get("device", device, "cpu")))
     cache = Path(s.get("cache_dir", cache_dir))
     out_dir = s.get("out", out, None)
-    fuse_command(cache, cfg, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), overwrite, echo=click.echo)
+    fuse_command(cache, cfg, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), overwrite, echo=click.echo,
+                 chosen=chosen)
 
 
 @main.command()
 @config_option
-@options("run", "backbone_logits", "backbone_labels", "split", "cache_dir", "predictions", "which", "json",
-         "vggsounder", "vggsounder_labels")
+@options("run", "backbone_logits", "backbone_labels", "split", "cache_dir", *_CHOOSE, "predictions", "which", "json",
+         "vggsounder", "vggsounder_labels", **_CHOOSE_DEFAULTS)
 def evaluate(config, **flags):
-    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits).
+    """Re-score a saved head on a cached split (the stores it was trained on, unless named), or the
+    backbone's own classifier (--backbone-logits).
 
     With --vggsounder, also on VGGSounder's labels of the split's VGGSound clips, written to
     <run>/vggsounder-<split>.json.
@@ -199,6 +214,7 @@ def evaluate(config, **flags):
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
     s = settings(config, "evaluate")
+    chosen = _chosen(s, flags)
     get = lambda name: s.get(name, flags.get(name), None)   # noqa: E731  (None unless given)
     split, as_json = s.get("split", flags["split"]), s.get("json", flags["json"])
     vggsounder, vggsounder_labels = s.get("vggsounder", flags["vggsounder"]), get("vggsounder_labels")
@@ -207,14 +223,16 @@ def evaluate(config, **flags):
             raise click.UsageError("--vggsounder scores a run's head (--run), not --backbone-logits")
         if get("cache_dir") is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
-        evaluate_backbone_command(Path(get("cache_dir")), split, get("backbone_labels"), as_json, echo=click.echo)
+        evaluate_backbone_command(Path(get("cache_dir")), split, get("backbone_labels"), as_json, echo=click.echo,
+                                  chosen=chosen)
         return
     if get("run") is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
     if vggsounder_labels and not vggsounder:
         raise click.UsageError("--vggsounder-labels needs --vggsounder")
     evaluate_command(Path(get("run")), split, get("cache_dir"), get("predictions"), s.get("which", flags["which"]),
-                     as_json, echo=click.echo, vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
+                     as_json, echo=click.echo, vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels,
+                     chosen=chosen)
 
 
 @main.command()
@@ -240,9 +258,9 @@ def predict(videos, config, **flags):
 
 @main.command(cls=_HeadsEpilog)
 @config_option
-@options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
-         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience",
-         "vggsounder", "vggsounder_labels")
+@options("cache_dir", *_CHOOSE, "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights",
+         "pairs", "seeds", "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout",
+         "patience", "vggsounder", "vggsounder_labels", **_CHOOSE_DEFAULTS)
 @click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
               help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
@@ -259,9 +277,10 @@ def grid(config, cache_dir, out, overwrite, **flags):
     from alphafuse.fuse.commands import grid_command, per_head_options
 
     s = settings(config, "grid")
+    chosen = _chosen(s, flags)
     sweep = {k: s.get(k, flags[k], None)
-             for k in ("preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights")}
-    if (sweep["transforms"] or sweep["alphas"] or sweep["heads"]) and not flags["preset"]:
+             for k in ("preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "pairs")}
+    if (sweep["transforms"] or sweep["alphas"] or sweep["heads"] or sweep["pairs"]) and not flags["preset"]:
         sweep["preset"] = None
     base = _train_config(s, {**flags, "head": None, "head_options": None}, device="cpu")
     cache = Path(s.get("cache_dir", cache_dir))
@@ -269,7 +288,7 @@ def grid(config, cache_dir, out, overwrite, **flags):
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
                  method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
-                 head_options=per_head_options(flags["head_options"]),
+                 head_options=per_head_options(flags["head_options"]), chosen=chosen,
                  vggsounder=s.get("vggsounder", flags["vggsounder"]),
                  vggsounder_labels=s.get("vggsounder_labels", flags["vggsounder_labels"], None))
 
@@ -302,12 +321,17 @@ def cache():
 
 
 @cache.command("info")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def cache_info(path, as_json):
-    """Summarise one <split>.h5: clips, embeddings (what each is), labels, errors, backbones."""
-    from alphafuse.cache.info import describe_split, format_info
+    """Summarise a cache folder (every store: backbone, options, checkpoint, splits, clips, embeddings,
+    short id) or one <split>.h5 (clips, embeddings and what each is, labels, errors, backbones)."""
+    from alphafuse.cache.info import describe_folder, describe_split, format_folder, format_info
 
+    if Path(path).is_dir():
+        info = describe_folder(path)
+        click.echo(json.dumps(info, indent=2, default=str) if as_json else format_folder(info))
+        return
     info = describe_split(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_info(info))
 
@@ -316,12 +340,14 @@ def cache_info(path, as_json):
 @config_option
 @options("cache_dir")
 @click.option("--split", required=True, help="The split whose shards to merge.")
-def cache_merge(config, cache_dir, split):
-    """Merge the parts of a sharded extraction into <split>.h5 (when no shard did it)."""
-    from alphafuse.cache import merge_parts
+@click.option("--store", help="Only this store (backbone name or short id). Default: every store with parts of the split.")
+def cache_merge(config, cache_dir, split, store):
+    """Merge the parts of a sharded extraction into each store's <split>.h5 (when no shard did it)."""
+    from alphafuse.cache import merge_split
 
     s = settings(config, "cache")
-    click.echo(f"merged into {merge_parts(s.get('cache_dir', cache_dir), split)}")
+    for path in merge_split(s.get("cache_dir", cache_dir), split, store):
+        click.echo(f"merged into {path}")
 
 
 # ----------------------------------------------------------------------------- errors

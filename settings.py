@@ -206,10 +206,16 @@ SETTINGS = {
     "out": Setting("path", None, "Output directory."),
     "splits": Setting("strs", None, "Split(s) to extract; repeat the flag. Default: every split of the manifest."),
     # backbones and extraction
-    "video_backbone": Setting("str", "timesformer", "Backbone of the video embedding.", _choices("video")),
-    "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding.", _choices("audio")),
-    "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above).",
-                        _choices("audiovisual")),
+    # Extraction names registered backbones (checked there against the registry); fuse, grid and
+    # evaluate name the cache folder's stores, by backbone name or short store id, so these
+    # take any string here. Their defaults are extraction's: choosing a store defaults to the
+    # folder's only one.
+    "video_backbone": Setting("str", "timesformer", "Backbone of the video embedding (fuse, grid, evaluate: its "
+                                                    "store in the cache folder, by name or short id; default: the "
+                                                    "only one)."),
+    "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding (fuse, grid, evaluate: its store, "
+                                            "by name or short id; default: the only one)."),
+    "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above)."),
     "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights "
                                                  "(predict: where extraction read it; its sha256 must match)."),
     "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights "
@@ -253,6 +259,8 @@ SETTINGS = {
                         minimum=1),
     # grids
     "heads": Setting("str", None, "Heads axis: comma-separated heads (concat,gated,late,bottleneck,layers), same seeds."),
+    "pairs": Setting("str", None, "Encoder pairs axis: VIDEO+AUDIO store names or short ids, comma-separated (e.g. "
+                                  "timesformer+ast,timesformer+cavmae), same seeds, with each encoder's unimodal row."),
     "late_weights": Setting("str", None, "The late head's fixed weights to sweep (e.g. 0.25,0.5,0.75); none: learned."),
     "preset": Setting("str", None, "paper: Table 1, the none baseline and the two unimodal heads.", ("paper",)),
     "transforms": Setting("str", None, "Sweep: transform(s), comma-separated (e.g. scale or pos_scalar,neg_scalar)."),

@@ -50,3 +50,44 @@ def format_info(info: dict) -> str:
     lines.append(f"  created {info.get('created')} by alphafuse {info.get('tool_version')}")
     lines += [f"  error {clip_id}: {reason}" for clip_id, reason in info["error_list"][:10]]
     return "\n".join(lines)
+
+
+def describe_folder(cache_dir) -> dict:
+    """Every store of a cache folder: backbone, role, options, checkpoint, splits with their clips
+    and embeddings, and its id (which can stand for the backbone's name where it has two stores)."""
+    import h5py
+
+    from .stores import list_stores
+
+    stores = []
+    for store in list_stores(cache_dir):
+        (role, description), = store.identity["backbones"].items()
+        splits = {}
+        for split in store.splits():
+            with h5py.File(store.split_path(split), "r") as f:
+                info = json.loads(f.attrs.get("embeddings", "{}"))
+                splits[split] = {"clips": int(f["clip_id"].shape[0]), "errors": int(f["errors/clip_id"].shape[0]),
+                                 "embeddings": {k: v["shape"] for k, v in info.items()}}
+        pending = sorted(p.name[:-len(".parts")] for p in store.path.glob("*.parts"))
+        stores.append({"id": store.id, "backbone": store.backbone, "role": role,
+                       "options": description.get("options", {}), "pretrained": description.get("pretrained"),
+                       "fingerprint": description.get("fingerprint", ""), "seed": description.get("seed"),
+                       "extraction": store.identity.get("extraction", {}), "splits": splits,
+                       "unfinished": pending, "path": str(store.path)})
+    return {"path": str(cache_dir), "stores": stores}
+
+
+def format_folder(info: dict) -> str:
+    if not info["stores"]:
+        return f"{info['path']}: no encoder stores (extract into it first)"
+    lines = [f"{info['path']}: {len(info['stores'])} store(s)"]
+    for s in info["stores"]:
+        weights = ("pretrained " + s["fingerprint"][:23]) if s["pretrained"] else f"RANDOM weights, seed {s['seed']}"
+        lines.append(f"  {s['id']:<22} {s['role']:<11} {s['backbone']} {json.dumps(s['options'], sort_keys=True)}, "
+                     f"{weights}; {json.dumps(s['extraction'], sort_keys=True)}")
+        for split, d in s["splits"].items():
+            shapes = ", ".join(f"{k} {tuple(v)}" for k, v in d["embeddings"].items())
+            lines.append(f"      {split}: {d['clips']} clips, {d['errors']} errors; {shapes}")
+        if s["unfinished"]:
+            lines.append(f"      unfinished (parts): {', '.join(s['unfinished'])}")
+    return "\n".join(lines)

@@ -197,6 +197,29 @@ class SplitWriter:
             return merge_parts(self.cache_dir, self.split, locked=True)
 
 
+def is_finished(cache_dir, split: str, meta: dict, clips) -> bool:
+    """Whether ``<cache_dir>/<split>.h5`` is finished for exactly this run: no parts pending, the
+    same signature, and the clips, labels, label names and source stamps of ``clips``
+    ([(clip_id, label index, stamp)] in manifest order). Such a file is reused untouched; any
+    other is brought up to date through the parts (SplitWriter), or refused there."""
+    final = split_path(cache_dir, split)
+    if not final.is_file() or parts_dir(cache_dir, split).exists():
+        return False
+    try:
+        features = read_split(final, lazy=True)
+    except CacheError:
+        return False
+    if signature_hash(signature_of(features)) != signature_hash(meta) or features.label_names != meta["label_names"]:
+        return False
+    stamps = features.attrs.get("source_stamps") or {}
+    if list(stamps) != [c for c, _, _ in clips]:
+        return False
+    if any(stamps[c] not in ("", stamp) for c, _, stamp in clips):
+        return False
+    labels = {c: label for c, label, _ in clips}
+    return all(labels[c] == int(label) for c, label in zip(features.clip_ids, features.labels))
+
+
 def merge_parts(cache_dir, split: str, locked=False) -> Path:
     """Merge ``<split>.parts/`` into ``<split>.h5``, in the order and with the labels of the manifest
     the latest run read. Refuses missing shards, missing clips and parts of another signature."""
@@ -279,6 +302,7 @@ def _read_parts(directory: Path, meta: dict, order: list[str], labels: dict) -> 
         label_names=meta["label_names"], backbones=meta["backbones"], preprocessing=meta["preprocessing"],
         errors=[(c, errors[c]) for c in order if c in errors],
         attrs={"sources": meta.get("sources", {}), "extraction": meta.get("extraction", {}),
+               **({"store_id": meta["store_id"]} if meta.get("store_id") else {}),
                "source_stamps": {c: stamps.get(c, "") for c in order}},
         embeddings=embeddings,
         embedding_info={k: {kk: vv for kk, vv in v.items() if kk not in ("shape", "dtype")}

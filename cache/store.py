@@ -1,6 +1,8 @@
-"""The HDF5 feature store: one file per split, readable with plain h5py.
+"""The HDF5 split file: one split of one store (or of a schema-2 folder), readable with plain h5py.
 
-Layout of ``<cache dir>/<split>.h5`` (schema version 2)::
+Since schema 3 a cache folder holds one store per encoder, ``<cache dir>/<store id>/<split>.h5``
+(cache/stores.py), each file holding its own backbone's embeddings; a schema-2 folder holds one
+``<cache dir>/<split>.h5`` with both encoders. The file format is the same::
 
     clip_id    (N,)       utf-8 string
     label      (N,)       int64, index into the ``label_names`` attribute
@@ -15,7 +17,7 @@ Layout of ``<cache dir>/<split>.h5`` (schema version 2)::
 
     attrs: schema_version, split, label_names, embeddings (name -> shape, dtype, what it is),
            backbones, preprocessing, extraction (JSON strings where structured), tool_version,
-           created
+           created; store_id in a store's file (schema 3)
 
 Version 1 files (``video`` and ``audio`` only, no ``embeddings`` attribute) are read as before.
 
@@ -36,8 +38,8 @@ from alphafuse import __version__ as TOOL_VERSION  # the package's one version s
 from alphafuse.data.atomic import atomic_write_with
 from alphafuse.data.files import file_problem
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _STR = h5py.string_dtype("utf-8")
 _RESERVED = {"clip_id", "label", "has_audio", "errors"}
 # Embeddings at most this many bytes are read into memory by read_split(lazy="auto"); bigger
@@ -253,16 +255,36 @@ def _write_embedding(f: h5py.File, name: str, value) -> None:
 
 def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
                names: list[str] | None = None) -> FeatureSplit:
-    """Open one split file. Raises :class:`CacheError` naming the file.
+    """Open one split file. Raises :class:`CacheError` naming the file. Where ``<dir>/<split>.h5``
+    is absent and ``<dir>`` is a folder of stores, that folder's split is opened instead (its
+    only store per role, :func:`cache.open_split`).
 
     ``lazy``: False reads every embedding into memory, True none (each becomes a
     :class:`LazyArray`), "auto" those above ``EAGER_MAX_BYTES``. ``names`` keeps only those
     embeddings (an absent one is an error naming what the file has).
     """
     path = Path(path)
-    problem = file_problem(path)
-    if problem == "not found":
+    if file_problem(path) == "not found":
+        from .stores import list_stores, open_split
+        if path.suffix == ".h5" and path.parent.is_dir() and list_stores(path.parent):
+            # <cache dir>/<split>.h5 names the split of a folder of stores too: its only stores.
+            return _only(open_split(path.parent, path.stem, lazy=lazy), names)
         raise CacheError(f"{path}: no such cache file (run the extract command for this split first)")
+    fields = read_fields(path, lazy, names)
+    fields["clip_ids"] = decode_ids(fields["clip_ids"])
+    return FeatureSplit(**fields)
+
+
+def decode_ids(raw) -> list[str]:
+    """The clip ids of a split file as read raw by :func:`read_fields` (utf-8 bytes)."""
+    return [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw]
+
+
+def read_fields(path: Path, lazy: bool | str = "auto", names: list[str] | None = None) -> dict:
+    """What :func:`read_split` makes a FeatureSplit of, with ``clip_ids`` still the file's raw
+    bytes: cache/stores.py compares several stores' ids raw and builds one FeatureSplit of them
+    (checked once, as one file is)."""
+    problem = file_problem(path)
     if problem is not None:     # a FIFO, device or folder is refused, never opened
         raise CacheError(f"{path}: cache file {problem}")
     try:
@@ -287,9 +309,9 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
                 else:
                     embeddings[name] = dset[()]
             known = {"schema_version", "split", "label_names", "backbones", "preprocessing", "embeddings"}
-            return FeatureSplit(
+            return dict(
                 split=str(f.attrs["split"]),
-                clip_ids=list(f["clip_id"].asstr()[()]),
+                clip_ids=f["clip_id"][()],
                 labels=f["label"][()],
                 has_audio=f["has_audio"][()],
                 label_names=json.loads(f.attrs["label_names"]),
@@ -305,6 +327,18 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CacheError(f"{path}: not a readable alphafuse cache ({_one_line(exc)})") from exc
+
+
+def _only(features: FeatureSplit, names) -> FeatureSplit:
+    if names is None:
+        return features
+    missing = [n for n in names if n not in features.embeddings]
+    if missing:
+        raise CacheError(f"{features.path} has no embedding {', '.join(map(repr, missing))} (it has: "
+                         f"{', '.join(features.embeddings)})")
+    features.embeddings = {n: features.embeddings[n] for n in names}
+    features.embedding_info = {n: v for n, v in features.embedding_info.items() if n in names}
+    return features
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,9 +8,11 @@ import os
 import sys
 from typing import Callable
 
+from alphafuse.settings import SettingError, flag
+
 from .checkpoint import trusted_checkpoints
 from .registry import backbone_names, create_backbone, get_backbone, parse_option
-from .runner import ExtractionSummary, Roles, extract_split, shard_from_env
+from .runner import ExtractConfig, ExtractionSummary, Roles, extract_split, shard_from_env
 
 
 def parse_backbone_opts(items, selected: list[str]) -> dict[str, dict]:
@@ -80,6 +82,11 @@ def backbones_from_settings(s, flags: dict) -> Roles:
                             s.get("audio_checkpoint", flags.get("audio_checkpoint"), None))}
     selected = [name for name, _ in wanted.values()]
     for role, (name, _) in wanted.items():
+        known = backbone_names(role)
+        if name not in known:
+            setting = {"video": "video_backbone", "audio": "audio_backbone", "audiovisual": "backbone"}[role]
+            raise SettingError(f"{flag(setting)} must be one of {', '.join(known)} (the registered backbones that "
+                               f"encode {role}), got {name!r}")
         if not get_backbone(name).can_encode(role):
             raise ValueError(f"backbone {name} does not encode {role} (it is {get_backbone(name).modality})")
     # Later layers win: the config file's arch and seed, the family's own config file (TSAM's
@@ -123,19 +130,19 @@ def run_extraction(s, flags: dict, echo: Callable[[str], None] = print) -> list[
     if device == "cuda" and shard[1] > 1:
         device = f"cuda:{os.environ.get('LOCAL_RANK', shard[0])}"
     roles = backbones_from_settings(s, flags)
-    options = dict(batch_size=s.get("batch_size", flags.get("batch_size")), workers=s.get("workers", flags.get("workers")),
-                   precision=s.get("precision", flags.get("precision")), device=device,
-                   spatial_crops=s.get("spatial_crops", flags.get("spatial_crops")),
-                   temporal_views=s.get("temporal_views", flags.get("temporal_views")),
-                   sampling=s.get("sampling", flags.get("sampling"), None),
-                   limit=s.get("limit", flags.get("limit"), None), tokens=s.get("tokens", flags.get("tokens")),
-                   layers=s.get("layers", flags.get("layers"), None), overwrite=bool(flags.get("overwrite")),
-                   token_dtype=s.get("token_dtype", flags.get("token_dtype")),
-                   shard=shard)
+    config = ExtractConfig(
+        batch_size=s.get("batch_size", flags.get("batch_size")), workers=s.get("workers", flags.get("workers")),
+        precision=s.get("precision", flags.get("precision")), device=device,
+        spatial_crops=s.get("spatial_crops", flags.get("spatial_crops")),
+        temporal_views=s.get("temporal_views", flags.get("temporal_views")),
+        sampling=s.get("sampling", flags.get("sampling"), None), limit=s.get("limit", flags.get("limit"), None),
+        tokens=s.get("tokens", flags.get("tokens")), layers=s.get("layers", flags.get("layers"), None),
+        token_dtype=s.get("token_dtype", flags.get("token_dtype")), overwrite=bool(flags.get("overwrite")),
+        shard=shard)
     summaries = []
     for split in wanted:
-        total = len(manifest.split(split)[:options["limit"]] if options["limit"] else manifest.split(split))
-        summary = _extract_with_progress(manifest, split, cache, roles, total, options)
+        total = len(manifest.split(split)[:config.limit] if config.limit else manifest.split(split))
+        summary = _extract_with_progress(manifest, split, cache, roles, total, config)
         echo(format_summary(summary))
         summaries.append(summary)
         if summary.interrupted:
@@ -143,10 +150,10 @@ def run_extraction(s, flags: dict, echo: Callable[[str], None] = print) -> list[
     return summaries
 
 
-def _extract_with_progress(manifest, split, cache, roles, total, options) -> ExtractionSummary:
+def _extract_with_progress(manifest, split, cache, roles, total, config) -> ExtractionSummary:
     from tqdm import tqdm
 
-    mine = -(-total // options["shard"][1])
+    mine = -(-total // config.shard[1])
     with tqdm(total=mine, desc=f"{split:>6}", unit="clip", file=sys.stderr, dynamic_ncols=True,
               disable=None) as bar:
         def on_batch(n, summary):
@@ -154,7 +161,7 @@ def _extract_with_progress(manifest, split, cache, roles, total, options) -> Ext
             bar.set_postfix_str(f"{summary.clips_per_s:.1f} clips/s, {len(summary.failed)} failed")
         return extract_split(manifest, split, cache, backbone=roles.get("audiovisual"),
                              video_model=roles.get("video"), audio_model=roles.get("audio"),
-                             on_batch=on_batch, **options)
+                             config=config, on_batch=on_batch)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -177,10 +184,12 @@ def format_summary(s: ExtractionSummary) -> str:
     lines += [f"  failed {clip_id}: {reason}" for clip_id, reason in s.failed[:20]]
     if len(s.failed) > 20:
         lines.append(f"  ... and {len(s.failed) - 20} more (all recorded in the cache's errors)")
+    words = {"reused": "reused (already finished, untouched)", "written": "written",
+             "pending": "this shard is done; the last shard to finish merges it",
+             "interrupted": "interrupted; run the same command again to resume"}
+    for store in s.stores:
+        lines.append(f"  {store.role} {store.backbone}: store {store.path} {words[store.status]}"
+                     + (f" ({store.embedded} clips embedded)" if store.status != "reused" else ""))
     if s.interrupted:
         lines.append(f"{s.split}: interrupted; run the same command again to resume")
-    elif s.cache_path:
-        lines.append(f"{s.split}: cache {s.cache_path}")
-    else:
-        lines.append(f"{s.split}: this shard is done; the last shard to finish writes the merged file")
     return "\n".join(lines)

@@ -1,9 +1,13 @@
-"""Stage 1: run both frozen backbones once per clip and write their embeddings to the cache.
+"""Stage 1: run the frozen backbones once per clip and write each one's embeddings to its store.
 
-Decoding happens in DataLoader worker processes; each batch goes through both backbones and is
-written as one crash-safe part (see ``cache/parts.py``), so a run killed at any moment and
-started again skips what is done. Several processes (torchrun, or ``shard=(k, n)``) each take
-a disjoint shard; the last one to finish merges the parts into ``<cache dir>/<split>.h5``.
+Each backbone (in its role) has its own store in the cache folder, ``<cache dir>/<store id>/``
+(cache/stores.py). A store already finished for this split and manifest is reused untouched;
+the missing ones share one DataLoader: decoding happens in its worker processes, once per clip,
+for the union of the inputs those stores read. Each batch goes through each missing store's
+backbone and is written as one crash-safe part per store (see ``cache/parts.py``), so a run
+killed at any moment and started again skips what is done. Several processes (torchrun, or
+``shard=(k, n)``) each take a disjoint shard; the last one to finish merges each store's parts
+into ``<store>/<split>.h5``.
 """
 from __future__ import annotations
 
@@ -21,10 +25,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from alphafuse.cache import SplitWriter, source_stamp
-from alphafuse.data import Manifest, VideoConfig
+from alphafuse.cache import SplitWriter, ensure_store, is_finished, source_stamp, split_path, store_identity
+from alphafuse.data import ClipDataset, Manifest, VideoConfig
+from alphafuse.data._container import open_input
+from alphafuse.data.audio import load_fbank
+from alphafuse.data.clip import LoadedClip
 from alphafuse.data.dataset import dataset_for_specs
 from alphafuse.data.memory import check_fits
+from alphafuse.data.video import open_video_stream
 
 from .checkpoint import describe
 from .registry import Extras
@@ -35,11 +43,68 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
+class ExtractConfig:
+    """How one extraction runs, validated once, here. ``tokens`` / ``layers`` ("all" or block
+    indices) also cache token sequences and per-block pooled embeddings (``token_dtype``:
+    float16, or float32 for exact parity checks); ``spatial_crops`` (1 or 3) and
+    ``temporal_views`` (K) cache one embedding per view, (N, K * crops, ...); ``sampling``
+    replaces the video backbone's rule; ``limit`` keeps the first clips of the split;
+    ``overwrite`` discards this run's stores of the split; ``shard`` (k, n) takes every n-th clip
+    from the k-th."""
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "fp32"
+    tokens: bool = False
+    layers: object = None            # None, "all", "i,j", a tuple of block indices, or an Extras
+    token_dtype: str = "float16"
+    spatial_crops: int = 1
+    temporal_views: int = 1
+    sampling: str | None = None
+    limit: int | None = None
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name, least in (("batch_size", 1), ("workers", 0), ("temporal_views", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name.replace('_', ' ')} must be an integer >= {least}, got {value!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be a positive number of clips, got {self.limit!r}")
+        if self.spatial_crops not in (1, 3):
+            raise ValueError(f"spatial crops must be 1 or 3, got {self.spatial_crops!r}")
+        k, n = self.shard
+        if not 0 <= k < n:
+            raise ValueError(f"shard index must be in 0..{n - 1}, got {k}")
+        self.extras   # parses layers and token_dtype now, so a bad value fails before any work
+
+    @property
+    def extras(self) -> Extras:
+        return self.layers if isinstance(self.layers, Extras) else Extras.parse(self.tokens, self.layers,
+                                                                                   self.token_dtype)
+
+
+@dataclass
+class StoreResult:
+    """What one run did with one store of the split: ``reused`` (finished, untouched), ``written``
+    (merged by this run), ``pending`` (other shards still running) or ``interrupted``."""
+    id: str
+    role: str
+    backbone: str
+    path: Path
+    status: str
+    embedded: int = 0                # clips this run ran through the backbone
+
+
+@dataclass
 class ExtractionSummary:
     split: str
-    cache_path: Path | None          # the merged split file; None while other shards are still running
+    cache_path: Path | None          # <cache dir>/<split>.h5 for read_split once every store is finished, else None
     total: int                       # clips this shard was responsible for
-    skipped: int                     # already done by an earlier run
+    skipped: int                     # already done by an earlier run (in every store)
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     without_audio: int = 0
@@ -47,6 +112,7 @@ class ExtractionSummary:
     data_wait_s: float = 0.0         # time the models waited for decoded batches
     model_s: float = 0.0
     interrupted: bool = False
+    stores: list[StoreResult] = field(default_factory=list)
 
     @property
     def clips_per_s(self) -> float:
@@ -150,55 +216,75 @@ def cache_signature(split, label_names, roles: Roles, specs: dict, extras: Extra
 
 
 def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, audio_model=None, *,
-                  backbone=None, tokens: bool = False, layers=None, token_dtype: str = "float16",
-                  temporal_views: int = 1,
-                  sampling: str | None = None,
-                  batch_size: int = 8, workers: int = 2, device: str = "auto", precision: str = "fp32",
-                  spatial_crops: int = 1, limit: int | None = None, overwrite: bool = False,
-                  shard: tuple[int, int] = (0, 1),
-                  on_batch: Callable[[int, ExtractionSummary], None] | None = None) -> ExtractionSummary:
-    """Extract one split of ``manifest`` into ``<cache_dir>/<split>.h5``; resumable, shardable.
+                  backbone=None, config: ExtractConfig | None = None,
+                  on_batch: Callable[[int, ExtractionSummary], None] | None = None, **options) -> ExtractionSummary:
+    """Extract one split of ``manifest`` into the cache folder ``cache_dir``, one store per backbone
+    (``<cache_dir>/<store id>/<split>.h5``, cache/stores.py); resumable, shardable.
 
-    Backbones: ``video_model`` and/or ``audio_model``, or one audio-visual ``backbone``.
-    ``tokens`` / ``layers`` ("all" or block indices) also cache token sequences and per-block
-    pooled embeddings (``token_dtype``: float16 by default, float32 for exact parity checks). ``spatial_crops`` (1 or 3) and ``temporal_views`` (K) cache one
-    embedding per view, (N, K * crops, ...); ``sampling`` replaces the video backbone's rule. ``on_batch(clips_in_batch, summary)`` is called after each
-    batch is safely written (a progress bar hook). The first SIGINT (Ctrl-C) stops after the
-    batch in hand; a second one aborts.
+    Backbones: ``video_model`` and/or ``audio_model``, or one audio-visual ``backbone``. How it
+    runs: ``config`` (an :class:`ExtractConfig`), or its fields as keyword ``options``. A store
+    already finished for this manifest is reused untouched; the missing ones share one decode of
+    each clip, and a clip is decoded only for the inputs those stores read. ``on_batch(clips_in_batch,
+    summary)`` is called after each batch is safely written (a progress bar hook). The first
+    SIGINT (Ctrl-C) stops after the batch in hand; a second one aborts.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive number of clips, got {limit!r}")
-    if spatial_crops not in (1, 3):
-        raise ValueError(f"spatial crops must be 1 or 3, got {spatial_crops!r}")
-    if isinstance(temporal_views, bool) or not isinstance(temporal_views, int) or temporal_views < 1:
-        raise ValueError(f"temporal views must be a positive integer, got {temporal_views!r}")
+    if config is None:
+        config = ExtractConfig(**options)
+    elif options:
+        raise TypeError(f"give the extraction's config or its options ({', '.join(options)}), not both")
     roles = Roles.of(video_model, audio_model, backbone)
-    extras = layers if isinstance(layers, Extras) else Extras.parse(tokens, layers, token_dtype)
-    dev = resolve_device(device)
-    if precision == "fp16" and dev.type != "cuda":
+    extras = config.extras
+    dev = resolve_device(config.device)
+    if config.precision == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 precision needs a CUDA device (use fp32 or bf16 on CPU)")
-    k, n = shard
-    if not 0 <= k < n:
-        raise ValueError(f"shard index must be in 0..{n - 1}, got {k}")
-
-    clips = manifest.split(split)[:limit] if limit else manifest.split(split)
-    specs = roles.specs(spatial_crops, temporal_views, sampling)
-    check_input_fits(roles, specs, batch_size, workers)
-    meta = cache_signature(split, manifest.label_names, roles, specs, extras, precision)
+    k, n = config.shard
+    clips = manifest.split(split)[:config.limit] if config.limit else manifest.split(split)
+    specs = roles.specs(config.spatial_crops, config.temporal_views, config.sampling)
+    check_input_fits(roles, specs, config.batch_size, config.workers)
     label_index = {name: i for i, name in enumerate(manifest.label_names)}
-    writer = SplitWriter(cache_dir, split, meta, [(c.clip_id, label_index[c.label], source_stamp(c.path)) for c in clips],
-                         shard=shard, overwrite=overwrite)
+    rows = [(c.clip_id, label_index[c.label], source_stamp(c.path)) for c in clips]
+    plans = [_plan(cache_dir, split, manifest.label_names, role, model, specs, extras, config, rows)
+             for role, model in roles.items()]
     try:
-        return _run(writer, clips[k::n], manifest, split, roles, specs, meta["embeddings"], extras, dev,
-                    batch_size, workers, precision, shard, on_batch)
+        for plan in plans:
+            if plan.status != "reused":
+                plan.writer = SplitWriter(plan.path.parent, split, plan.meta, rows, shard=config.shard,
+                                          overwrite=config.overwrite)
+        return _run(plans, clips[k::n], manifest, split, specs, extras, dev, config, on_batch,
+                    Path(cache_dir))
     finally:
-        writer.close()
+        for plan in plans:
+            if plan.writer is not None:
+                plan.writer.close()
+
+
+@dataclass
+class _Plan:
+    role: str
+    model: object
+    path: Path                       # the store's split file
+    meta: dict
+    slots: tuple[str, ...]           # the inputs its backbone reads
+    status: str
+    writer: SplitWriter | None = None
+    embedded: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.path.parent.name
+
+
+def _plan(cache_dir, split, label_names, role, model, specs, extras, config, rows) -> _Plan:
+    """The store of ``model`` in ``role``: its signature, folder, and whether it is finished."""
+    declared = (model.input_specs(role, spatial_crops=config.spatial_crops) if role == "video"
+                else model.input_specs(role))
+    own = {slot: specs[slot] for slot in declared}
+    single = Roles({role: model})
+    meta = cache_signature(split, label_names, single, own, extras, config.precision)
+    folder = ensure_store(cache_dir, store_identity(meta))
+    meta["store_id"] = folder.name
+    finished = not config.overwrite and is_finished(folder, split, meta, rows)
+    return _Plan(role, model, split_path(folder, split), meta, tuple(own), "reused" if finished else "todo")
 
 
 def check_input_fits(roles: Roles, specs: dict, batch_size: int, workers: int) -> None:
@@ -217,47 +303,97 @@ def check_input_fits(roles: Roles, specs: dict, batch_size: int, workers: int) -
                                      f"({in_flight} clips in flight of {shapes} each)")
 
 
-def _run(writer, mine, manifest, split, roles, specs, info, extras, dev, batch_size, workers, precision, shard,
-         on_batch) -> ExtractionSummary:
-    k, n = shard
-    done = writer.done_ids()
-    todo = [c for c in mine if c.clip_id not in done]
-    summary = ExtractionSummary(split=split, cache_path=None, total=len(mine), skipped=len(mine) - len(todo))
-    log.info("%s: %d clips for shard %d/%d, %d already done, %d to extract on %s",
-             split, len(mine), k, n, summary.skipped, len(todo), dev)
+class _AudioOnly(ClipDataset):
+    """Decodes a clip's audio input only (a run whose missing stores read no video); the video
+    stream is still opened, so a file without one is the same error in every store."""
 
-    for model in roles.values():
-        model.to(dev)
-    dataset = dataset_for_specs(todo, manifest.label_names, specs)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=dataset.collate,
-                        pin_memory=dev.type == "cuda",
+    def _load(self, clip) -> LoadedClip:
+        with open_input(clip.path, clip.clip_id) as container:
+            open_video_stream(container, clip.clip_id)
+        spec = self.audio_cfg
+        audio, has_audio = (spec.load(clip.path, clip.clip_id) if hasattr(spec, "load")
+                            else load_fbank(clip.path, spec, clip.clip_id))
+        return LoadedClip(torch.zeros(0), audio, has_audio)
+
+
+def _run(plans, mine, manifest, split, specs, extras, dev, config, on_batch, cache_dir) -> ExtractionSummary:
+    k, n = config.shard
+    active = [p for p in plans if p.writer is not None]
+    done = {p.id: p.writer.done_ids() for p in active}
+    todo = [c for c in mine if any(c.clip_id not in done[p.id] for p in active)]
+    summary = ExtractionSummary(split=split, cache_path=None, total=len(mine), skipped=len(mine) - len(todo))
+    log.info("%s: %d clips for shard %d/%d, %d already done, %d to extract on %s (stores: %s)", split, len(mine),
+             k, n, summary.skipped, len(todo), dev, ", ".join(f"{p.id} {p.status}" for p in plans))
+    for plan in active:
+        plan.model.to(dev)
+    slots = {slot for p in active for slot in p.slots}
+    # The dataset Backbone.preprocess builds too (one clip's tensors are the same); audio alone
+    # when the missing stores read no video.
+    dataset = (_AudioOnly(todo, manifest.label_names, VideoConfig(), specs["audio"]) if slots == {"audio"}
+               else dataset_for_specs(todo, manifest.label_names, specs))
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers if todo else 0,
+                        collate_fn=dataset.collate, pin_memory=dev.type == "cuda",
                         worker_init_fn=_quiet_worker, persistent_workers=False)
     start = time.perf_counter()
     with _stop_after_batch() as stop:
         batches = iter(loader)
-        while not stop.is_set():
+        while active and not stop.is_set():
             wait = time.perf_counter()
             try:
                 batch = next(batches)
             except StopIteration:
                 break
             summary.data_wait_s += time.perf_counter() - wait
-            tick = time.perf_counter()
-            embeddings = embed_batch(roles, batch, dev, precision, extras, info)
-            summary.model_s += time.perf_counter() - tick
-            ids, keep, failed = _finite_rows(batch, embeddings, precision)
-            writer.write_batch(ids, batch["label"].numpy()[keep], {name: e[keep] for name, e in embeddings.items()},
-                               batch["has_audio"].numpy()[keep], failed)
-            summary.written += len(ids)
-            summary.failed += failed
-            summary.without_audio += int((~batch["has_audio"].numpy()[keep]).sum())
+            _write_batch(active, done, batch, dev, config.precision, extras, summary)
             if on_batch:
                 on_batch(len(batch["clip_id"]) + len(batch["failed"]), summary)
         summary.interrupted = stop.is_set()
     summary.wall_s = time.perf_counter() - start
-    if not summary.interrupted:
-        summary.cache_path = writer.finish()
+    for plan in plans:
+        if plan.writer is not None and not summary.interrupted:
+            plan.status = "written" if plan.writer.finish() is not None else "pending"
+        elif plan.writer is not None:
+            plan.status = "interrupted"
+        summary.stores.append(StoreResult(plan.id, plan.role, plan.meta["backbones"][plan.role]["name"], plan.path,
+                                          plan.status, plan.embedded))
+    if all(p.status in ("reused", "written") for p in plans):
+        summary.cache_path = split_path(cache_dir, split)
     return summary
+
+
+def _write_batch(active, done, batch, dev, precision, extras, summary) -> None:
+    """One decoded batch through every store that still needs its clips; a clip any backbone
+    embeds as NaN or infinite is an error in each of them (a NaN must never reach a head)."""
+    ids = batch["clip_id"]
+    tick = time.perf_counter()
+    results = {}
+    for plan in active:
+        rows = [i for i, c in enumerate(ids) if c not in done[plan.id]]
+        index = slice(None) if len(rows) == len(ids) else torch.tensor(rows, dtype=torch.long)
+        sub = {"clip_id": [ids[i] for i in rows], "video": batch["video"][index], "fbank": batch["fbank"][index]}
+        results[plan.id] = (rows, embed_batch(Roles({plan.role: plan.model}), sub, dev, precision, extras,
+                                              plan.meta["embeddings"]))
+        plan.embedded += len(rows)
+    summary.model_s += time.perf_counter() - tick
+    finite = np.ones(len(ids), dtype=bool)
+    for rows, embeddings in results.values():
+        for value in embeddings.values():
+            finite[rows] &= np.isfinite(value).all(axis=tuple(range(1, value.ndim)))
+    hint = " (try --precision fp32)" if precision != "fp32" else ""
+    labels, has_audio = batch["label"].numpy(), batch["has_audio"].numpy()
+    for plan in active:
+        rows, embeddings = results[plan.id]
+        keep = [j for j, i in enumerate(rows) if finite[i]]
+        failed = [(c, r) for c, r in batch["failed"] if c not in done[plan.id]]
+        failed += [(ids[i], f"the backbones gave NaN or infinite embeddings{hint}") for i in rows if not finite[i]]
+        picked = [rows[j] for j in keep]
+        plan.writer.write_batch([ids[i] for i in picked], labels[picked],
+                                {name: e[keep] for name, e in embeddings.items()}, has_audio[picked], failed)
+    written = [i for i in range(len(ids)) if finite[i]]
+    summary.written += len(written)
+    summary.failed += list(batch["failed"]) + [(ids[i], f"the backbones gave NaN or infinite embeddings{hint}")
+                                               for i in range(len(ids)) if not finite[i]]
+    summary.without_audio += int((~has_audio[written]).sum())
 
 
 def _finite_rows(batch, embeddings: dict, precision: str):

@@ -11,19 +11,35 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from alphafuse.cache import read_split
+from alphafuse.cache import open_split, split_exists
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 CONFIG_FILE = "config.json"    # what a run or grid ran with (fuse/run.py and fuse/grid/report.py write it)
 
 
-def optional_split(cache_dir: Path, name: str):
-    path = Path(cache_dir) / f"{name}.h5"
-    if not path.exists():
-        log.warning("%s not found: training without a %s split", path, name)
+def selection(video: str | None = None, audio: str | None = None, backbone: str | None = None) -> dict:
+    """The encoders to combine from a cache folder (cache/stores.py): a backbone name or short
+    store id per role; a role left None takes the folder's only store of that role."""
+    return {k: v for k, v in (("video", video), ("audio", audio), ("backbone", backbone)) if v}
+
+
+def open_cache(cache_dir, name: str, chosen: dict | None = None):
+    """Split ``name`` of the cache folder: the chosen stores combined, or a schema-2 file."""
+    return open_split(cache_dir, name, **(chosen or {}))
+
+
+def optional_split(cache_dir: Path, name: str, chosen: dict | None = None):
+    if not split_exists(cache_dir, name, **(chosen or {})):
+        log.warning("%s: no %s split: training without it", cache_dir, name)
         return None
-    return read_split(path)
+    return open_cache(cache_dir, name, chosen)
+
+
+def run_selection(meta: dict) -> dict:
+    """The stores a run was trained on, as a selection (runs before schema 3 record none)."""
+    stores = meta.get("stores") or {}
+    return {("backbone" if role == "audiovisual" else role): sid for role, sid in stores.items()}
 
 
 def run_name(cfg) -> str:
@@ -36,13 +52,16 @@ def run_name(cfg) -> str:
     return "-".join(parts) + f"-seed{cfg.seed}"
 
 
-def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrite: bool, echo: Echo = print) -> dict:
+def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrite: bool, echo: Echo = print,
+                 chosen: dict | None = None) -> dict:
+    """``chosen``: the encoders to combine (see :func:`selection`)."""
     from .run import fuse_run
 
     out_dir = out_dir or run_dir / run_name(cfg)
-    train = read_split(Path(cache) / "train.h5")
-    metrics = fuse_run(train, optional_split(cache, "val"), optional_split(cache, "test"), cfg, out_dir,
-                       overwrite=overwrite, record={"cache_dir": str(Path(cache).resolve())})
+    train = open_cache(cache, "train", chosen)
+    metrics = fuse_run(train, optional_split(cache, "val", chosen), optional_split(cache, "test", chosen), cfg,
+                       out_dir, overwrite=overwrite, record={"cache_dir": str(Path(cache).resolve()),
+                                                            "stores": train.attrs.get("stores")})
     echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']} (trained in {metrics['train_seconds']:.2f} s)")
     for name in ("val", "test"):
         best, last = metrics.get(name), (metrics.get("last") or {}).get(name)
@@ -72,19 +91,22 @@ def _masked_note(ceiling: dict) -> str:
 
 
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
-                     echo: Echo = print, *, vggsounder: bool = False, vggsounder_labels=None) -> dict:
+                     echo: Echo = print, *, vggsounder: bool = False, vggsounder_labels=None,
+                     chosen: dict | None = None) -> dict:
     """Re-score a run on a split; with ``vggsounder`` also on VGGSounder's labels of its clips,
-    written to ``<run>/vggsounder-<split>.json`` (returned under the key ``vggsounder``)."""
+    written to ``<run>/vggsounder-<split>.json`` (returned under the key ``vggsounder``).
+    Without ``chosen`` the run's own stores are read (the encoders it was trained on)."""
     from .provenance import check_identity, recorded_cache_dir
     from .run import evaluate_run, load_run
 
     _, meta = load_run(run_dir)
+    chosen = chosen or run_selection(meta)
     if cache_dir is None:   # the cache the run was trained on, as it was then, or a refusal
         cache_dir = recorded_cache_dir(meta, run_dir)
-        features = read_split(Path(cache_dir) / f"{split}.h5")
+        features = open_cache(cache_dir, split, chosen)
         check_identity(meta.get("cache"), split, features, f"run {run_dir}")
     else:   # another cache: its backbones, preprocessing and classes must be the run's (evaluate_run)
-        features = read_split(Path(cache_dir) / f"{split}.h5")
+        features = open_cache(cache_dir, split, chosen)
     targets = None
     if vggsounder:   # before scoring: a vocabulary or split VGGSounder cannot score fails at once
         from .vggsounder import match
@@ -136,10 +158,11 @@ def read_label_names(path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def evaluate_backbone_command(cache_dir: Path, split: str, labels_path, as_json: bool, echo: Echo = print) -> dict:
+def evaluate_backbone_command(cache_dir: Path, split: str, labels_path, as_json: bool, echo: Echo = print,
+                              chosen: dict | None = None) -> dict:
     from .evaluation import evaluate_backbone_logits
 
-    features = read_split(Path(cache_dir) / f"{split}.h5")
+    features = open_cache(cache_dir, split, chosen)
     names = read_label_names(labels_path) if labels_path else None
     metrics = evaluate_backbone_logits(features, backbone_labels=names)
     if as_json:
@@ -171,6 +194,11 @@ def predict_command(videos, run_dir: Path, top_k: int, checkpoints: dict, device
     return 1 if any("error" in r for r in results) else 0
 
 
+def _pair_label(chosen: dict | None) -> str:
+    chosen = chosen or {}
+    return chosen.get("backbone") or "+".join(chosen.get(m, "?") for m in ("video", "audio"))
+
+
 def per_head_options(items) -> dict[str, dict]:
     """``HEAD.KEY=VALUE`` strings (the grid's --head-option) -> {head: its typed options}."""
     from .heads import parse_head_options
@@ -186,40 +214,54 @@ def per_head_options(items) -> dict[str, dict]:
 
 def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: dict, *, seeds: int, jobs,
                  method: str, overwrite: bool, echo: Echo = print, progress: bool = True,
-                 head_options: dict | None = None, vggsounder: bool = False, vggsounder_labels=None):
+                 head_options: dict | None = None, vggsounder: bool = False, vggsounder_labels=None,
+                 chosen: dict | None = None):
     from tqdm import tqdm
 
-    from .grid import configs_from_options, format_summary_table, run_grid
+    from .grid import configs_from_options, format_summary_table, parse_pairs, run_grid, run_pair_grid
 
-    preset = sweep.get("preset")
-    if not preset and not sweep.get("transforms") and not sweep.get("alphas") and not sweep.get("heads"):
-        raise ValueError("nothing to run: give a preset (preset paper), a sweep (transforms, alphas) or heads")
-    name = (f"grid-{preset}" if preset else "grid-heads-" + sweep["heads"].replace(",", "+") if sweep.get("heads")
+    preset, pairs = sweep.get("preset"), sweep.get("pairs")
+    if not (preset or pairs or sweep.get("transforms") or sweep.get("alphas") or sweep.get("heads")):
+        raise ValueError("nothing to run: give a preset (preset paper), a sweep (transforms, alphas), heads or pairs")
+    if pairs and chosen:
+        raise ValueError("pairs name the encoders of each pair; drop the video/audio backbone selection")
+    name = (f"grid-pairs-{pairs.replace(',', '-')}" if pairs else f"grid-{preset}" if preset
+            else "grid-heads-" + sweep["heads"].replace(",", "+") if sweep.get("heads")
             else "grid-" + (sweep.get("transforms") or "scale").replace(",", "+"))
     out_dir = out_dir or run_dir / name
     configs = configs_from_options(preset, sweep.get("transforms"), sweep.get("targets"), sweep.get("alphas"), seeds,
                                    base, sweep.get("learned"), heads=sweep.get("heads"),
-                                   late_weights=sweep.get("late_weights"))
+                                   late_weights=sweep.get("late_weights"), pairs=bool(pairs))
     if head_options:
         unused = sorted(set(head_options) - {c.head for c in configs})
         if unused:
             raise ValueError(f"head options for {', '.join(unused)}, which this grid does not train")
         configs = [replace(c, head_options={**c.head_options, **head_options.get(c.head, {})}) for c in configs]
-    train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
-    val = optional_split(cache, "val")
+    selections = parse_pairs(pairs) if pairs else [chosen]
+    data = {_pair_label(sel): (open_cache(cache, "train", sel), optional_split(cache, "val", sel),
+                                open_cache(cache, "test", sel)) for sel in selections}
+    train, val, test = next(iter(data.values()))
     targets = None
     if vggsounder:   # before training: a vocabulary or test split VGGSounder cannot score fails at once
+        if pairs:
+            raise ValueError("VGGSounder scores (vggsounder) are not computed for a grid of encoder pairs (pairs) yet")
         from .vggsounder import match
         targets = match(test.clip_ids, test.label_names, vggsounder_labels, owner=f"cache {cache}",
                         where=f"split test ({test.path})")
-    with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
-        def on_row(done, total, row):
+    record = {"cache_dir": str(Path(cache).resolve()), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
+              "stores": {label: d[0].attrs.get("stores") for label, d in data.items()} if pairs
+              else train.attrs.get("stores")}
+    total = len(configs) * len(data)
+    with tqdm(total=total, desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
+        def on_row(done, _total, row):
             bar.update(1)
             bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
-        result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
-                          overwrite=overwrite, vggsounder=targets,
-                          record={"cache_dir": str(Path(cache).resolve()), "sweep": sweep, "seeds": seeds,
-                                  "base": base.to_dict()})
+        if pairs:
+            result = run_pair_grid(data, configs, out_dir, jobs=jobs, method=method, progress=on_row,
+                                   overwrite=overwrite, record=record)
+        else:
+            result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
+                              overwrite=overwrite, vggsounder=targets, record=record)
     table = format_summary_table(result, len(result.test_labels))
     if targets is not None:
         from .grid.vggsounder import format_vggsounder_table

@@ -38,7 +38,7 @@ class AlphaTransformer(nn.Module):
 
     def __init__(self, roles: dict, head: Head, label_names: list[str] | None = None,
                  preprocessing: dict | None = None, embedding_info: dict | None = None,
-                 extraction: dict | None = None, train_classes=None):
+                 extraction: dict | None = None, extraction_by_role: dict | None = None, train_classes=None):
         super().__init__()
         self.backbones = nn.ModuleDict(roles)
         self.head = head
@@ -48,31 +48,42 @@ class AlphaTransformer(nn.Module):
         self.specs = {slot: spec_from_dict(slot, d) for slot, d in (preprocessing or {}).items()}
         self.embedding_info = dict(embedding_info or {})
         names = head.input_names()
-        layers = (extraction or {}).get("layers")
-        self.extras = Extras(tokens=any(n.endswith("_tokens") for n in names),
-                             layers=(tuple(layers) if isinstance(layers, list) else layers)
-                             if any(n.endswith("_layers") for n in names) else None,
-                             dtype=(extraction or {}).get("dtype", "float16"))
-        # The backbones run in the precision the cache was extracted in (extraction's autocast),
+        # Each store records its own extras and precision (one encoder's with layers, or in bf16,
+        # beside one's without): each backbone embeds as its store was extracted.
+        by_role = {role: (extraction_by_role or {}).get(role) or extraction or {} for role in roles}
+        self.extras = {role: self._extras(names, by_role[role]) for role in roles}
+        # The backbones run in the precision their cache was extracted in (extraction's autocast),
         # so a head trained on bf16 embeddings sees bf16 embeddings end to end too.
-        self.precision = (extraction or {}).get("precision", "fp32")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"the cache was extracted in precision {self.precision!r}, which this version "
+        self.precision = {role: by_role[role].get("precision", "fp32") for role in roles}
+        unknown = sorted({p for p in self.precision.values() if p not in PRECISIONS})
+        if unknown:
+            raise ValueError(f"the cache was extracted in precision {unknown[0]!r}, which this version "
                              f"cannot reproduce (known: {', '.join(PRECISIONS)})")
+
+    @staticmethod
+    def _extras(names, extraction: dict) -> Extras:
+        layers = extraction.get("layers")
+        return Extras(tokens=any(n.endswith("_tokens") for n in names),
+                      layers=(tuple(layers) if isinstance(layers, list) else layers)
+                      if any(n.endswith("_layers") for n in names) else None,
+                      dtype=extraction.get("dtype", "float16"))
 
     def embed(self, video: torch.Tensor, audio: torch.Tensor) -> dict:
         """The embeddings the head reads, as the cache holds them (float16 ones rounded likewise)."""
-        dtype = PRECISIONS[self.precision]
-        autocast = torch.autocast(video.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with autocast:
-            out = embed_inputs(Roles(self.backbones.items()), {"video": video, "audio": audio}, self.extras)
+        out, stored = {}, {}
+        for role, backbone in self.backbones.items():
+            extras, dtype = self.extras[role], PRECISIONS[self.precision[role]]
+            autocast = torch.autocast(video.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with autocast:
+                got = embed_inputs(Roles({role: backbone}), {"video": video, "audio": audio}, extras)
+            out.update(got)
+            stored.update({n: torch.float16 if extras.dtype == "float16" else torch.float32 for n in got})
         wanted = self.head.input_names()
         missing = [n for n in wanted if n not in out]
         if missing:
             raise ValueError(f"the backbones give {', '.join(out)}, not {', '.join(missing)}, which the "
                              f"{self.head.name} head reads")
-        stored = torch.float16 if self.extras.dtype == "float16" else torch.float32
-        return {n: out[n].to(stored).float() if n.endswith(("_tokens", "_layers")) else out[n].float()
+        return {n: out[n].to(stored[n]).float() if n.endswith(("_tokens", "_layers")) else out[n].float()
                 for n in wanted}
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -87,7 +98,8 @@ class AlphaTransformer(nn.Module):
                  device: str = "cpu") -> "AlphaTransformer":
         """Rebuild the whole model from a run directory written by ``fuse_run``.
 
-        The backbones come from what the cache recorded: random ones from their seed, pretrained
+        The backbones are those of the stores the run was trained on, from what they recorded
+        (the run's ``backbones`` and ``stores``): random ones from their seed, pretrained
         ones from their checkpoint (``checkpoints[role]``, else where extraction read it), whose
         sha256 must match the cache's fingerprint.
         """
@@ -96,7 +108,7 @@ class AlphaTransformer(nn.Module):
         roles = {role: rebuild_backbone(description, given.get(role) or sources.get(role))
                  for role, description in meta["backbones"].items()}
         model = cls(roles, head, meta["label_names"], meta["preprocessing"], meta.get("embedding_info"),
-                    meta.get("extraction"), meta.get("train_classes"))
+                    meta.get("extraction"), meta.get("extraction_by_role"), meta.get("train_classes"))
         return model.to(device).eval()
 
     @torch.inference_mode()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alphafuse.cache import CacheError, FeatureSplit, check_compatible, read_split
+from alphafuse.cache import CacheError, FeatureSplit, check_compatible, open_split
 from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
 from alphafuse.data.files import require_file
 
@@ -62,9 +62,11 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss"
 RUN_FILES = (METRICS_FILE, HEAD_FILE, HISTORY_FILE, CURVES_FILE, CONFUSION_FILE, CONFIG_FILE)
 
 
-def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test")) -> dict[str, FeatureSplit]:
-    """Read ``<cache_dir>/<name>.h5`` for each name; a missing file is a CacheError naming it."""
-    return {name: read_split(Path(cache_dir) / f"{name}.h5") for name in names}
+def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test"), **chosen) -> dict[str, FeatureSplit]:
+    """Each split of the cache folder (its stores combined, ``chosen``: video=, audio=, backbone=
+    names or short ids, see cache.open_split; or a schema-2 folder's files); a missing one is a
+    CacheError naming it."""
+    return {name: open_split(cache_dir, name, **chosen) for name in names}
 
 
 def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit | None,
@@ -319,6 +321,8 @@ def _write_head(path: Path, result, train, val, test, seen: set[str], config: di
         "backbones": train.backbones,
         "preprocessing": train.preprocessing,
         "extraction": train.attrs.get("extraction", {}),   # tokens and layers: the end-to-end model asks the same
+        "extraction_by_role": train.attrs.get("extraction_by_role", {}),   # stores extracted with other extras
+        "stores": train.attrs.get("stores", {}),     # the cache folder's stores it was trained on (schema 3)
         "sources": train.attrs.get("sources", {}),   # where extraction read the checkpoints
         "cache_paths": {name: str(Path(s.path).resolve()) if s is not None and s.path is not None else None
                         for name, s in (("train", train), ("val", val), ("test", test))},

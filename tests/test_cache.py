@@ -58,7 +58,7 @@ def test_round_trip_is_plain_h5py_readable(tmp_path):
     with h5py.File(tmp_path / "train.h5") as f:  # the documented layout, without alphafuse
         assert f["video"].shape == (5, 4) and f["video"].dtype == np.float32
         assert json.loads(f.attrs["label_names"]) == ["a", "b", "c"]
-        assert f.attrs["schema_version"] == 2
+        assert f.attrs["schema_version"] == 3
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -307,3 +307,117 @@ def test_sigkill_while_writing_leaves_only_whole_parts(tmp_path):
     done = w.done_ids()
     assert len(done) % 64 == 0 and len(done) >= 15 * 64
     assert done == {f"c{i}" for i in range(len(done))}
+
+
+# -- one store per encoder ------------------------------------------------------------------------
+
+def _store(cache, role, name, split="train", seed=0, n=5, dim=4, fingerprint=None, **changes):
+    """A finished store of ``name`` in ``role`` holding ``split``, as extraction writes it."""
+    from alphafuse.cache import ensure_store
+
+    description = {"name": name, "options": {}, "fingerprint": fingerprint or f"random:{name}", "pretrained": False}
+    identity = {"backbones": {role: description}, "preprocessing": {role: {"n": 1}},
+                "extraction": {"precision": "fp32"}}
+    folder = ensure_store(cache, identity)
+    rng = np.random.default_rng(seed)
+    embedding = "video" if role == "video" else "audio"
+    kwargs = dict(split=split, clip_ids=[f"clip{i}" for i in range(n)], labels=np.arange(n) % 3,
+                  has_audio=np.arange(n) != 1, label_names=["a", "b", "c"], backbones={role: description},
+                  preprocessing=identity["preprocessing"], attrs={"store_id": folder.name},
+                  embeddings={embedding: rng.normal(size=(n, dim)).astype(np.float32)})
+    kwargs.update(changes)
+    write_split(folder / f"{split}.h5", FeatureSplit(**kwargs))
+    return folder
+
+
+def test_stores_combine_into_one_split_with_the_names_of_schema_2(tmp_path):
+    from alphafuse.cache import open_split
+
+    v = _store(tmp_path, "video", "timesformer", seed=1)
+    a = _store(tmp_path, "audio", "ast", seed=2, dim=3)
+    both = open_split(tmp_path, "train")
+    with h5py.File(v / "train.h5") as f:   # plain h5py: the store holds only its own embedding
+        assert "audio" not in f and f["video"].shape == (5, 4) and f.attrs["store_id"] == v.name
+        np.testing.assert_array_equal(both.video, f["video"][()])
+    with h5py.File(a / "train.h5") as f:
+        np.testing.assert_array_equal(both.audio, f["audio"][()])
+    assert set(both.backbones) == {"video", "audio"} and both.attrs["stores"] == {"video": v.name, "audio": a.name}
+    assert v.name.startswith("timesformer-") and len(v.name.rsplit("-", 1)[1]) == 8
+    assert json.loads((v / "store.json").read_text())["backbones"]["video"]["name"] == "timesformer"
+    # <cache>/<split>.h5 names the folder's split for read_split too.
+    np.testing.assert_array_equal(read_split(tmp_path / "train.h5").audio, both.audio)
+
+
+def test_two_candidates_and_no_name_is_an_error_naming_them(tmp_path):
+    from alphafuse.cache import open_split
+
+    _store(tmp_path, "video", "timesformer")
+    _store(tmp_path, "audio", "ast", dim=3)
+    cav = _store(tmp_path, "audio", "cavmae", dim=6)
+    with pytest.raises(CacheError, match=r"two audio encoders in .*: ast, cavmae; pass --audio-backbone$"):
+        open_split(tmp_path, "train")
+    assert open_split(tmp_path, "train", audio="cavmae").audio.shape == (5, 6)
+    # Two stores of one backbone (two checkpoints): the name is ambiguous, the short id is not.
+    other = _store(tmp_path, "audio", "cavmae", dim=6, seed=5, fingerprint="sha256:other")
+    with pytest.raises(CacheError, match=r"two audio stores match 'cavmae'.*" + other.name):
+        open_split(tmp_path, "train", audio="cavmae")
+    picked = open_split(tmp_path, "train", audio=other.name.rsplit("-", 1)[1])
+    assert picked.attrs["stores"]["audio"] == other.name and picked.attrs["stores"]["audio"] != cav.name
+    with pytest.raises(CacheError, match=r"no audio encoder 'beats'.*extract it with --audio-backbone beats"):
+        open_split(tmp_path, "train", audio="beats")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"clip_ids": ["clip0", "clip1", "clip2", "clip3", "other"]}, r"clip clip4 of split 'train' is in store timesformer-"),
+    ({"labels": np.array([0, 1, 2, 0, 2])}, r"clip clip4 of split 'train' has label 'b' in store .* but 'c'"),
+    ({"has_audio": np.ones(5, bool)}, r"clip clip1 of split 'train' has has_audio False .* but True"),
+])
+def test_stores_that_disagree_on_a_clip_are_refused_naming_it(tmp_path, change, message):
+    from alphafuse.cache import open_split
+
+    _store(tmp_path, "video", "timesformer")
+    _store(tmp_path, "audio", "ast", dim=3, **change)
+    with pytest.raises(CacheError, match=message):
+        open_split(tmp_path, "train")
+
+
+def test_a_schema_2_folder_opens_as_before_and_names_are_checked(tmp_path):
+    from alphafuse.cache import open_split
+
+    original = _features(backbones={"video": {"name": "timesformer"}, "audio": {"name": "ast"}})
+    write_split(tmp_path / "train.h5", original)
+    with h5py.File(tmp_path / "train.h5", "r+") as f:
+        f.attrs["schema_version"] = 2
+    old = open_split(tmp_path, "train", audio="ast")
+    assert old.clip_ids == original.clip_ids and old.path == tmp_path / "train.h5"
+    np.testing.assert_array_equal(old.audio, original.audio.astype(np.float32))
+    with pytest.raises(CacheError, match=r"holds audio ast, video timesformer, not audio cavmae"):
+        open_split(tmp_path, "train", audio="cavmae")
+
+
+def test_cache_merge_merges_every_store_of_the_split(tmp_path):
+    from alphafuse.cache import ensure_store, merge_split
+
+    folders = []
+    for role, name in (("video", "timesformer"), ("audio", "ast")):
+        identity = {"backbones": {role: {"name": name}}, "preprocessing": {}, "extraction": {}}
+        folder = ensure_store(tmp_path, identity)
+        meta = {**META, "backbones": identity["backbones"], "embeddings": {role: META["embeddings"][role]}}
+        w = SplitWriter(folder, "train", meta, _clips(["a", "b"]), shard=(0, 2))
+        batch = _batch(["a"], 0)
+        w.write_batch(batch["clip_ids"], batch["labels"], {role: batch["embeddings"][role]}, batch["has_audio"])
+        assert w.finish() is None
+        folders.append(folder)
+    with pytest.raises(CacheError, match=r"shard\(s\) 1/2 have not finished"):
+        merge_split(tmp_path, "train")
+    for folder, role in zip(folders, ("video", "audio")):
+        meta = {**META, "backbones": {role: {"name": folder.name.split("-")[0]}},
+                "embeddings": {role: META["embeddings"][role]}}
+        w = SplitWriter(folder, "train", meta, _clips(["a", "b"]), shard=(1, 2))
+        batch = _batch(["b"], 1)
+        w.write_batch(batch["clip_ids"], batch["labels"], {role: batch["embeddings"][role]}, batch["has_audio"])
+        w.close()
+        (folder / "train.parts" / "done-0001-of-0002.json").write_text("{}")
+    merged = merge_split(tmp_path, "train")
+    assert sorted(p.parent.name for p in merged) == sorted(f.name for f in folders)
+    assert read_split(folders[1] / "train.h5").clip_ids == ["a", "b"]

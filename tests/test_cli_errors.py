@@ -127,7 +127,7 @@ def test_a_cache_dir_that_is_a_file_is_named(work):
     (work / "m.csv").write_text("path,label,split\na.mp4,x,train\n")
     line = _error_line(_run(["extract", "--manifest", "m.csv", "--cache-dir", "afile", "--arch", "tiny",
                              "--workers", "0"], work))
-    assert "afile/train.parts" in line and "not a directory" in line
+    assert "cannot create afile/timesformer-" in line and "not a directory" in line
 
 
 def test_ctrl_c_exits_130_without_a_traceback(work):

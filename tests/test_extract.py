@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphafuse.cache import CacheError, read_split
+from alphafuse.cache import CacheError, list_stores, open_split, read_split
 from alphafuse.data import read_manifest
 from alphafuse.data.synth import write_clip
 from alphafuse.extract import load_ast, load_timesformer
@@ -26,6 +26,11 @@ def _cli(*args, **kwargs):
 
 def _tiny_models():
     return load_timesformer(arch="tiny"), load_ast(arch="tiny")
+
+
+def _parts(cache):
+    """Every part file of split train in every store of ``cache``."""
+    return list(Path(cache).glob("*/train.parts/part-*.h5"))
 
 
 def _assert_same_cache(a, b, atol=1e-5):
@@ -75,16 +80,15 @@ def test_sigkill_and_resume_equals_uninterrupted(subset_dir, subset_train_cache,
     reference, _ = subset_train_cache
     args = ["extract", "--manifest", str(subset_dir / "manifest.csv"), "--split", "train", "--limit", "24",
             "--cache-dir", str(tmp_path), *TINY]
-    parts = tmp_path / "train.parts"
     rng = np.random.default_rng(0)
     kills = 0
     for _ in range(12):
         proc = _cli(*args)
         # Kill at a random moment after this run has started writing (or let it finish).
-        wanted = len(list(parts.glob("part-*.h5"))) + int(rng.integers(1, 3)) if parts.exists() else 1
+        wanted = len(_parts(tmp_path)) + int(rng.integers(1, 3))
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
-            if parts.exists() and len(list(parts.glob("part-*.h5"))) >= wanted:
+            if len(_parts(tmp_path)) >= wanted:
                 time.sleep(float(rng.uniform(0, 0.5)))
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -107,7 +111,7 @@ def test_torchrun_two_processes_equal_one(subset_dir, subset_train_cache, tmp_pa
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _assert_same_cache(read_split(tmp_path / "train.h5"), reference)
-    assert not (tmp_path / "train.parts").exists()
+    assert not list(tmp_path.glob("*/train.parts"))
 
 
 def test_explicit_shards_then_merge_command(subset_dir, subset_train_cache, tmp_path):
@@ -116,7 +120,7 @@ def test_explicit_shards_then_merge_command(subset_dir, subset_train_cache, tmp_
               "--cache-dir", str(tmp_path), *TINY]
     first = _cli(*common, "--shard", "1/3")
     assert first.wait() == 0, first.stdout.read()
-    assert not (tmp_path / "train.h5").exists()      # two shards still to come
+    assert not list(tmp_path.glob("*/train.h5"))      # two shards still to come
     for k in (0, 2):
         proc = _cli(*common, "--shard", f"{k}/3")
         assert proc.wait() == 0, proc.stdout.read()
@@ -176,17 +180,26 @@ def test_a_nan_embedding_is_a_clip_error_and_never_cached(tmp_path):
     assert np.isfinite(cache.audio).all() and np.isfinite(cache.video).all()
 
 
-def test_resume_with_other_backbones_is_refused(subset_dir, tmp_path):
+def test_other_settings_make_other_stores_and_overwrite_discards_only_the_named(subset_dir, tmp_path):
     common = ["extract", "--manifest", str(subset_dir / "manifest.csv"), "--split", "val", "--limit", "3",
               "--cache-dir", str(tmp_path), *TINY]
     assert _cli(*common).wait() == 0
+    first = {p: p.read_bytes() for p in tmp_path.glob("*/val.h5")}
     proc = _cli(*common, "--seed", "1")
-    assert proc.wait() == 1
-    out = proc.stdout.read()
-    assert "other backbones" in out and "--overwrite" in out
-    proc = _cli(*common, "--seed", "1", "--overwrite")
     assert proc.wait() == 0, proc.stdout.read()
-    assert read_split(tmp_path / "val.h5").backbones["video"]["seed"] == 1
+    assert len(list(tmp_path.glob("*/val.h5"))) == 4 and all(p.read_bytes() == b for p, b in first.items())
+    with pytest.raises(CacheError, match=r"two video encoders in .*: timesformer-\w{8}, timesformer-\w{8}; "
+                                         r"pass --video-backbone"):
+        open_split(tmp_path, "val")
+    # The audio stores differ too (the seed is every backbone's): choose both by id.
+    stores = {s.id: s for s in list_stores(tmp_path)}
+    seeded = {s.role: s.id for s in stores.values() if s.identity["backbones"][s.role]["seed"] == 1}
+    assert open_split(tmp_path, "val", **seeded).backbones["video"]["seed"] == 1
+    before = {p: p.stat().st_mtime_ns for p in first}
+    proc = _cli(*common, "--seed", "1", "--overwrite")
+    out = proc.stdout.read()
+    assert proc.wait() == 0, out
+    assert "written" in out and {p: p.stat().st_mtime_ns for p in first} == before
 
 
 def test_ctrl_c_stops_after_the_batch_and_resumes(subset_dir, subset_train_cache, tmp_path):
@@ -194,15 +207,14 @@ def test_ctrl_c_stops_after_the_batch_and_resumes(subset_dir, subset_train_cache
     common = ["extract", "--manifest", str(subset_dir / "manifest.csv"), "--split", "train", "--limit", "24",
               "--cache-dir", str(tmp_path), "--arch", "tiny", "--workers", "2", "--batch-size", "4"]
     proc = _cli(*common, start_new_session=True)
-    parts = tmp_path / "train.parts"
     deadline = time.time() + 120
-    while time.time() < deadline and not (parts.exists() and list(parts.glob("part-*.h5"))):
+    while time.time() < deadline and not _parts(tmp_path):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted" in out
-    assert not (tmp_path / "train.h5").exists()
+    assert not list(tmp_path.glob("*/train.h5"))
     assert _cli(*common).wait() == 0
     _assert_same_cache(read_split(tmp_path / "train.h5"), reference)
 
@@ -224,3 +236,116 @@ def test_config_file_supplies_the_design_card_command(subset_dir, tmp_path):
            [c.clip_id for c in read_manifest(subset_dir / "manifest.csv").split("val")[:3]]
     with pytest.raises(CacheError):
         read_split(tmp_path / "cache" / "train.h5")
+
+
+# -- one store per encoder: reuse, extract only what is missing -----------------------------------
+
+@pytest.fixture(scope="module")
+def six_clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("six")
+    for i in range(6):
+        write_clip(root / f"c{i}.mp4", duration=1.0, fps=10, size=(48, 36), audio=i != 2)
+    (root / "manifest.csv").write_text("path,label,split\n" + "".join(f"c{i}.mp4,{'ab'[i % 2]},train\n"
+                                                                       for i in range(6)))
+    return read_manifest(root / "manifest.csv")
+
+
+def _dataset_hashes(cache: Path) -> dict:
+    """sha256 of every dataset and attribute of every store file: what 'untouched' means."""
+    import hashlib
+
+    import h5py
+
+    out = {}
+    for path in sorted(cache.glob("*/*.h5")):
+        out[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        with h5py.File(path) as f:
+            f.visititems(lambda name, obj: out.__setitem__(f"{path}:{name}", hashlib.sha256(
+                obj[()].tobytes() if obj.dtype.kind != "O" else "\n".join(obj.asstr()[()]).encode()).hexdigest())
+                if isinstance(obj, h5py.Dataset) else None)
+            out[f"{path}:attrs"] = sorted((k, str(v)) for k, v in f.attrs.items())
+    return out
+
+
+class _Counting:
+    """Counts the clips a backbone embeds (its extract calls' batch sizes) and the clips decoded."""
+
+    def __init__(self, monkeypatch, *models):
+        import alphafuse.data.dataset as dataset
+
+        self.embedded = {id(m): 0 for m in models}
+        self.decoded = 0
+        for model in models:
+            original = model.extract
+
+            def extract(modality, inputs, extras, _m=model, _f=original):
+                key = "audio" if modality == "audio" else "video"
+                self.embedded[id(_m)] += len(inputs[key])
+                return _f(modality, inputs, extras)
+            monkeypatch.setattr(model, "extract", extract)
+        real = dataset.load_inputs
+
+        def load_inputs(*args, **kwargs):
+            self.decoded += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(dataset, "load_inputs", load_inputs)
+
+
+def test_adding_an_encoder_reuses_the_finished_stores_byte_for_byte(six_clips, tmp_path, monkeypatch):
+    from alphafuse.extract import create_backbone
+    from alphafuse.extract.pipeline import format_summary
+
+    video, ast = _tiny_models()
+    spy = _Counting(monkeypatch, video, ast)
+    first = extract_split(six_clips, "train", tmp_path, video, ast, workers=0, batch_size=4)
+    assert spy.decoded == 6                       # two missing stores, one decode of each clip
+    assert spy.embedded == {id(video): 6, id(ast): 6}
+    assert {s.status for s in first.stores} == {"written"}
+    before = _dataset_hashes(tmp_path)
+
+    cavmae = create_backbone("cavmae", arch="tiny", audio_length=128)
+    video_again = load_timesformer(arch="tiny")   # the same store: same name, options and weights
+    spy = _Counting(monkeypatch, video_again, cavmae)
+    second = extract_split(six_clips, "train", tmp_path, video_again, cavmae, workers=0, batch_size=4)
+    assert spy.embedded == {id(video_again): 0, id(cavmae): 6}
+    assert spy.decoded == 0                       # CAV-MAE's audio only: no video decoded
+    status = {s.backbone: s.status for s in second.stores}
+    assert status == {"timesformer": "reused", "cavmae": "written"}
+    text = format_summary(second)
+    assert "timesformer: store" in text and "reused" in text and "cavmae: store" in text
+    after = _dataset_hashes(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert len(list(tmp_path.glob("*/train.h5"))) == 3
+
+    mixed = open_split(tmp_path, "train", audio="cavmae")
+    paper = open_split(tmp_path, "train", audio="ast")
+    np.testing.assert_array_equal(mixed.video, paper.video)
+    assert mixed.backbones["audio"]["name"] == "cavmae" and mixed.audio.shape == (6, 64)
+    assert list(mixed.has_audio) == [True, True, False, True, True, True]
+    # A third run of the pair does nothing at all.
+    spy = _Counting(monkeypatch, video_again, cavmae)
+    third = extract_split(six_clips, "train", tmp_path, video_again, cavmae, workers=0, batch_size=4)
+    assert spy.decoded == 0 and {s.status for s in third.stores} == {"reused"} and _dataset_hashes(tmp_path) == after
+
+
+def test_a_manifest_edit_brings_a_reused_store_up_to_date(six_clips, tmp_path):
+    video, ast = _tiny_models()
+    extract_split(six_clips, "train", tmp_path, video, ast, workers=0, limit=4)
+    summary = extract_split(six_clips, "train", tmp_path, video, ast, workers=0)   # two more clips
+    assert {s.status for s in summary.stores} == {"written"} and summary.skipped == 4
+    assert open_split(tmp_path, "train").clip_ids == [f"c{i}" for i in range(6)]
+
+
+def test_the_extraction_config_is_one_object_validated_once():
+    from alphafuse.extract.runner import ExtractConfig
+
+    assert ExtractConfig(layers="3,1").extras.layers == (1, 3)
+    for bad, message in (({"batch_size": 0}, "batch size must be an integer >= 1"),
+                         ({"precision": "fp8"}, "precision must be one of"),
+                         ({"spatial_crops": 2}, "spatial crops must be 1 or 3"),
+                         ({"shard": (2, 2)}, "shard index must be in 0..1"),
+                         ({"layers": "x"}, "layers must be 'all'")):
+        with pytest.raises(ValueError, match=message):
+            ExtractConfig(**bad)
+    with pytest.raises(TypeError, match="not both"):
+        extract_split(None, "train", "x", config=ExtractConfig(), workers=0)

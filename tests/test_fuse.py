@@ -535,3 +535,53 @@ def test_the_best_epoch_is_chosen_on_the_masked_val_score_that_is_reported(tmp_p
     assert float(best["val_top1"]) == pytest.approx(metrics["val"]["top1"], abs=1e-9)
     assert float(best["val_top5"]) == pytest.approx(metrics["val"]["top5"], abs=1e-9)
     assert all(float(r["val_top1"]) <= metrics["learnable"]["val"]["max_top1"] for r in rows.values())
+
+
+# -- choosing encoders by name in a folder of stores -----------------------------------------------
+
+def _cli_in_process(args):
+    """The console entry point in this process: exit code, stdout and stderr."""
+    import contextlib
+    import io
+    import sys
+
+    import alphafuse.cli as cli
+
+    old, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = ["alphafuse", *map(str, args)]
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                cli.run()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.argv = old
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_fuse_chooses_stores_by_name_and_refuses_an_ambiguous_folder(tmp_path, monkeypatch):
+    from tests.stores import write_stores
+
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    for split in (make_split("train", 60, 0), make_split("val", 30, 1), make_split("test", 30, 2)):
+        folders = write_stores(cache, split, {"video": "timesformer", "audio": "ast"})
+        write_stores(cache, split, {"audio": "cavmae"}, prefix={"audio": {"audio": np.asarray(split.audio)[:, :8]}})
+    code, _, err = _cli_in_process(["fuse", "--cache-dir", cache, "--epochs", "1", "--out", tmp_path / "r"])
+    assert code == 1 and err.strip() == f"Error: two audio encoders in {cache}/: ast, cavmae; pass --audio-backbone"
+    assert not (tmp_path / "r").exists()
+    code, out, err = _cli_in_process(["fuse", "--cache-dir", cache, "--audio-backbone", "cavmae", "--epochs", "1",
+                                      "--hidden", "8", "--out", tmp_path / "r"])
+    assert code == 0, err
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["stores"]["video"] == folders["video"].name and config["stores"]["audio"].startswith("cavmae-")
+    _, meta = fuse.load_run(tmp_path / "r")
+    assert meta["embedding_shapes"]["audio"] == [8]
+    code, out, err = _cli_in_process(["cache", "info", cache])
+    assert code == 0, err
+    assert out.count("\n      train: 60 clips") == 3 and folders["audio"].name in out and "cavmae-" in out
+    code, out, err = _cli_in_process(["evaluate", "--run", tmp_path / "r", "--split", "test", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["num_clips"] == 30

@@ -524,3 +524,62 @@ def test_no_grid_row_exceeds_the_ceiling_when_every_test_label_is_unseen(tmp_pat
             assert row["test_top1"] == row["test_top5"] == row["test_top1_no_video"] == row["test_top1_no_audio"] == 0
         assert result.predicted.max() < 3
         assert "the 3 class(es) absent from train are masked in prediction" in format_summary_table(result)
+
+
+
+
+# -- encoder pairs as a grid axis -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def three_encoders(tmp_path_factory):
+    """timesformer (video), ast and a weaker 'cavmae' (audio: half the audio cue) in one folder."""
+    from tests.stores import write_stores
+
+    cache = tmp_path_factory.mktemp("stores")
+    for split in (make_split("train", 150, 0), make_split("val", 60, 1), make_split("test", 60, 2)):
+        write_stores(cache, split, {"video": "timesformer", "audio": "ast"})
+        weaker = np.asarray(split.audio) * 0.5 + np.random.default_rng(7).normal(0, 1, split.audio.shape)
+        write_stores(cache, split, {"audio": "cavmae"}, prefix={"audio": {"audio": weaker.astype(np.float32)}})
+    return cache
+
+
+def test_grid_pairs_rows_per_pair_unimodal_per_encoder_and_pair_comparison(three_encoders, tmp_path):
+    from alphafuse.fuse.commands import grid_command
+
+    result, table = grid_command(three_encoders, tmp_path / "g", tmp_path, SMALL,
+                                 {"pairs": "timesformer+ast,timesformer+cavmae"}, seeds=2, jobs=1,
+                                 method="joblib", overwrite=False, echo=lambda _: None, progress=False)
+    configs = [s["config"] for s in result.summary]
+    assert configs == ["timesformer+ast: none", "timesformer: video only", "ast: audio only",
+                       "timesformer+cavmae: none", "cavmae: audio only"]
+    assert [s["seeds"] for s in result.summary] == [2] * 5
+    # The same seeds and test clips for every pair: the pair comparison is paired.
+    assert len(result.pair_comparison) == 1 and result.pair_comparison[0]["seeds"] == 2
+    c = result.pair_comparison[0]
+    by = {s["config"]: s for s in result.summary}
+    assert c["diff"] == pytest.approx(by["timesformer+cavmae: none"]["test_top1_mean"]
+                                      - by["timesformer+ast: none"]["test_top1_mean"])
+    assert c["low"] <= c["diff"] <= c["high"]
+    # Every configuration is compared with its own pair's baseline.
+    assert by["cavmae: audio only"]["vs_none_diff"] == pytest.approx(
+        by["cavmae: audio only"]["test_top1_mean"] - by["timesformer+cavmae: none"]["test_top1_mean"])
+    # The weaker audio encoder learns less alone than AST.
+    assert by["cavmae: audio only"]["test_top1_mean"] < by["ast: audio only"]["test_top1_mean"]
+    rows = read_csv(tmp_path / "g" / "results.csv")
+    assert [r["pair"] for r in rows] == ["timesformer+ast"] * 6 + ["timesformer+cavmae"] * 4
+    assert "encoders timesformer+cavmae vs timesformer+ast (none): test top-1" in table
+    saved = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert saved["pair_comparison"][0]["a"] == "timesformer+cavmae"
+    assert (tmp_path / "g" / "preset_bars.png").exists()
+
+
+def test_grid_pairs_refuse_unknown_encoders_and_alpha_sweeps(three_encoders, tmp_path):
+    from alphafuse.fuse.commands import grid_command
+
+    with pytest.raises(CacheError, match=r"no audio encoder 'beats'"):
+        grid_command(three_encoders, tmp_path / "g", tmp_path, SMALL, {"pairs": "timesformer+beats"}, seeds=1,
+                     jobs=1, method="joblib", overwrite=False, echo=lambda _: None, progress=False)
+    with pytest.raises(ValueError, match="sweep alphas for one pair at a time"):
+        grid_command(three_encoders, tmp_path / "g", tmp_path, SMALL, {"pairs": "timesformer+ast", "alphas": "0.5,1"},
+                     seeds=1, jobs=1, method="joblib", overwrite=False, echo=lambda _: None, progress=False)
+    assert not (tmp_path / "g").exists()

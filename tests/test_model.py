@@ -122,13 +122,13 @@ def test_a_bf16_cache_is_reproduced_end_to_end_in_bf16(synthesized, tmp_path):
     features = _extract_and_fuse(synthesized, "train", tmp_path, load_timesformer(arch="tiny", num_frames=4),
                                  load_ast(arch="tiny", input_tdim=256), cfg, precision="bf16", batch_size=6)
     model = AlphaTransformer.from_run(tmp_path / "run")   # one batch of all six clips, as below: the
-    assert model.precision == "bf16"                       # same bf16 kernels, so only rounding noise
+    assert model.precision == {"video": "bf16", "audio": "bf16"}   # same bf16 kernels: only rounding noise
     clips = [c for c in synthesized.clips if c.clip_id in set(features.clip_ids)]
     items = ClipDataset(clips, synthesized.label_names, model.specs["video"], model.specs["audio"])
     batch = items.collate([items[i] for i in range(len(items))])
     with torch.inference_mode():
         bf16 = model.embed(batch["video"], batch["fbank"])
-        model.precision = "fp32"
+        model.precision = {role: "fp32" for role in model.precision}
         fp32 = model.embed(batch["video"], batch["fbank"])
     for name in ("video", "audio"):
         cached = torch.from_numpy(np.asarray(features.embeddings[name]))
@@ -206,3 +206,67 @@ def test_predict_never_lists_a_class_absent_from_training(subset_dir, tmp_path):
     for result in model.predict_files(paths, top_k=len(manifest.label_names)):
         assert {t["label"] for t in result["top"]} == seen
         assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_mixed_pair_of_stores_equals_end_to_end_and_evaluate_equals_predict(synthesized, tmp_path):
+    # TimeSformer + AST extracted first, CAV-MAE's audio tower added beside them; the run trained
+    # on TimeSformer + CAV-MAE by name rebuilds exactly those encoders.
+    import csv
+
+    from alphafuse.cache import open_split
+    from alphafuse.extract import create_backbone
+    from alphafuse.fuse.commands import evaluate_command
+
+    cache = tmp_path / "cache"
+    extract_split(synthesized, "train", cache, load_timesformer(arch="tiny", num_frames=4),
+                  load_ast(arch="tiny", input_tdim=256), workers=0)
+    summary = extract_split(synthesized, "train", cache, load_timesformer(arch="tiny", num_frames=4),
+                            create_backbone("cavmae", arch="tiny", audio_length=128), workers=0)
+    assert {s.backbone: s.status for s in summary.stores} == {"timesformer": "reused", "cavmae": "written"}
+    features = open_split(cache, "train", audio="cavmae")
+    fuse_run(features, None, None, TrainConfig(transform="neg_scalar", target="audio", epochs=2, hidden=(16,)),
+             tmp_path / "run")
+    _, meta = load_run(tmp_path / "run")
+    assert meta["stores"] == features.attrs["stores"] and meta["stores"]["audio"].startswith("cavmae-")
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    assert model.backbones["video"].backbone_name == "timesformer" and model.backbones["audio"].backbone_name == "cavmae"
+    cached = _cached_logits(tmp_path / "run", features)
+    assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < PARITY_TOL
+
+    # evaluate reads the run's own stores (the folder has two audio encoders) and agrees with predict.
+    evaluate_command(tmp_path / "run", "train", None, tmp_path / "p.csv", "best", True, echo=lambda _: None)
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = {r["clip_id"]: r for r in csv.DictReader(f)}
+    clips = {c.clip_id: c.path for c in synthesized.clips}
+    for result in model.predict_files([clips[c] for c in features.clip_ids], top_k=2):
+        row = rows[next(c for c, p in clips.items() if str(p) == result["path"])]
+        for t in result["top"]:
+            assert abs(float(row[t["label"]]) - t["probability"]) < 1e-4
+
+
+def test_a_schema_2_folder_still_trains_evaluates_and_predicts(synthesized, tmp_path):
+    # One file holding both encoders, as alphafuse wrote caches before stores.
+    import h5py
+
+    from alphafuse.cache import FeatureSplit, open_split, write_split
+    from alphafuse.fuse.commands import evaluate_command
+
+    extract_split(synthesized, "train", tmp_path / "stores", load_timesformer(arch="tiny", num_frames=4),
+                  load_ast(arch="tiny", input_tdim=256), workers=0)
+    both = open_split(tmp_path / "stores", "train")
+    attrs = {k: v for k, v in both.attrs.items() if k not in ("stores", "extraction_by_role")}
+    legacy = tmp_path / "legacy"
+    write_split(legacy / "train.h5", FeatureSplit(
+        "train", both.clip_ids, both.labels, has_audio=both.has_audio, label_names=both.label_names,
+        backbones=both.backbones, preprocessing=both.preprocessing, attrs=attrs, embeddings=both.embeddings,
+        embedding_info={k: {kk: vv for kk, vv in v.items() if kk != "store"} for k, v in both.embedding_info.items()}))
+    with h5py.File(legacy / "train.h5", "r+") as f:
+        f.attrs["schema_version"] = 2
+    features = open_split(legacy, "train")
+    assert features.path == legacy / "train.h5" and "stores" not in features.attrs
+    fuse_run(features, None, None, TrainConfig(epochs=2, hidden=(16,)), tmp_path / "run")
+    metrics = evaluate_command(tmp_path / "run", "train", None, None, "best", True, echo=lambda _: None)
+    assert metrics["num_clips"] == 6
+    model = AlphaTransformer.from_run(tmp_path / "run")
+    cached = _cached_logits(tmp_path / "run", features)
+    assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < PARITY_TOL

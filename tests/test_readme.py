@@ -37,14 +37,18 @@ def test_runnable_blocks_run_as_written(subset_dir, tmp_path):
             proc = subprocess.run([str(REPO / "run"), *argv[1:]], cwd=work, capture_output=True, text=True,
                                   timeout=600)
             assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout}\n{proc.stderr}"
-    assert (work / "subset-cache" / "train.h5").exists()
+    assert len(list((work / "subset-cache").glob("*/train.h5"))) == 2     # TimeSformer's and AST's stores
     assert (work / "subset-runs" / "neg" / "metrics.json").exists()
     assert (work / "subset-runs" / "neg" / "vggsounder-train.json").exists()   # its train split has VGGSounder clips
     assert (work / "subset-grid" / "results.csv").exists()
     assert (work / "subset-heads" / "summary.json").exists()
     assert (work / "subset-runs" / "cavmae-probe" / "metrics.json").exists()
     for cache in ("subset-tsm", "subset-tsam", "subset-views"):
-        assert (work / cache / "train.h5").exists(), cache
+        assert list((work / cache).glob("*/train.h5")), cache
+    # Adding CAV-MAE's audio reused TimeSformer's store: three stores, one video.
+    assert sorted(p.parent.name.split("-")[0] for p in (work / "subset-pairs").glob("*/train.h5")) == \
+        ["ast", "cavmae", "timesformer"]
+    assert (work / "subset-pairs-grid" / "summary.json").exists()
 
 
 def test_quick_start_is_two_commands():

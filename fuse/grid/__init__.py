@@ -17,17 +17,20 @@ configs.py (what to train), execution.py (training them), summary.py (statistics
 report.py and plots.py (files, table, figures).
 """
 from .configs import (HEAD_AXIS, PRESETS, SCALAR_TRANSFORMS, config_key, configs_from_options, describe,
-                      head_configs, paper_preset, parse_alphas, parse_late_weights, parse_names, seed_list, sweep)
+                      head_configs, pair_configs, paper_preset, parse_alphas, parse_late_weights, parse_names,
+                      parse_pairs, seed_list, sweep)
 from .execution import (MAX_STACK, METHODS, STACK_PARAM_BUDGET, STACKED_MAX_PARAMS, GridResult, choose_method,
-                        head_parameters, run_grid, stack_size)
+                        head_parameters, run_grid, run_pair_grid, stack_size)
 from .plots import TARGET_NAMES, alpha_curve_plot, bars_plot, has_alpha_curve
 from .report import (ALPHA_CURVE_FILE, BARS_FILE, GRID_FILES, INTERVALS_NOTE, PREDICTIONS_FILE, RESULT_COLUMNS,
                      RESULTS_FILE, SUMMARY_CSV, SUMMARY_JSON, format_summary_table, write_grid)
-from .summary import BOUNDED_METRICS, CONFIDENCE, SUMMARY_METRICS, best_alphas, compare_heads, is_baseline, summarize
+from .summary import (BOUNDED_METRICS, CONFIDENCE, SUMMARY_METRICS, best_alphas, compare_heads, compare_pairs,
+                      is_baseline, summarize)
 
 __all__ = [
     "HEAD_AXIS", "PRESETS", "SCALAR_TRANSFORMS", "config_key", "configs_from_options", "describe", "head_configs",
-    "paper_preset", "parse_alphas", "parse_late_weights", "parse_names", "seed_list", "sweep",
+    "pair_configs", "paper_preset", "parse_alphas", "parse_late_weights", "parse_names", "parse_pairs", "seed_list",
+    "sweep", "run_pair_grid", "compare_pairs",
     "MAX_STACK", "METHODS", "STACK_PARAM_BUDGET", "STACKED_MAX_PARAMS", "GridResult", "choose_method",
     "head_parameters", "run_grid", "stack_size", "TARGET_NAMES", "alpha_curve_plot", "bars_plot", "has_alpha_curve",
     "ALPHA_CURVE_FILE", "BARS_FILE", "GRID_FILES", "INTERVALS_NOTE", "PREDICTIONS_FILE", "RESULT_COLUMNS",

@@ -231,25 +231,58 @@ def parse_late_weights(text) -> list[float | None]:
     return out
 
 
+def pair_configs(seeds: int | Iterable[int] = 5, base: TrainConfig | None = None) -> list[TrainConfig]:
+    """What each encoder pair of ``grid --pairs`` trains by default: the plain concatenation
+    (``none``) and the two unimodal heads, over ``seeds``."""
+    kinds = [("both", "none", "audio", None), ("video", "none", "video", None), ("audio", "none", "audio", None)]
+    return _expand(kinds, seeds, base)
+
+
+def parse_pairs(text: str | Iterable[str]) -> list[dict]:
+    """``"timesformer+ast,timesformer+cavmae,cavmae"`` -> one store selection per pair:
+    {"video": ..., "audio": ...} for VIDEO+AUDIO, {"backbone": ...} for one audio-visual
+    backbone (names or short store ids), in order, without repeats."""
+    out = []
+    for item in parse_names(text):
+        parts = [p.strip() for p in item.split("+")]
+        if len(parts) > 2 or not all(parts):
+            raise ValueError(f"pairs: {item!r} should be VIDEO+AUDIO (e.g. timesformer+ast) or one audio-visual "
+                             f"backbone (e.g. cavmae)")
+        chosen = {"video": parts[0], "audio": parts[1]} if len(parts) == 2 else {"backbone": parts[0]}
+        if chosen not in out:
+            out.append(chosen)
+    if not out:
+        raise ValueError(f"no pairs in {text!r}; give e.g. timesformer+ast,timesformer+cavmae")
+    return out
+
+
 def configs_from_options(preset: str | None = None, transforms=None, targets=None, alphas=None,
                          seeds: int | Iterable[int] = 5, base: TrainConfig | None = None,
-                         learned: bool | None = None, heads=None, late_weights=None) -> list[TrainConfig]:
+                         learned: bool | None = None, heads=None, late_weights=None,
+                         pairs: bool = False) -> list[TrainConfig]:
     """What ``cli.py grid`` asks for: ``preset="paper"``, a sweep of transforms x targets x alphas,
     the heads axis (``heads="concat,gated,late,bottleneck,layers"``), or a preset or sweep plus heads.
 
     Strings are accepted as the command line gives them (``"scale,pos_scalar"``,
     ``"timesformer,ast"``, ``"0.25:3.0:0.25"``). ``learned`` defaults to off for the preset
-    (it is the paper's table) and on for a sweep.
+    (it is the paper's table) and on for a sweep. ``pairs``: the configurations each encoder
+    pair trains (:func:`pair_configs` alone, or with the preset or the heads axis, plus the
+    unimodal heads); an alpha sweep is one pair's question and is refused.
     """
     configs: list[TrainConfig] = []
+    if pairs and (transforms is not None or alphas is not None):
+        raise ValueError("pairs compare encoders on the baseline, the preset or the heads axis; sweep alphas "
+                         "for one pair at a time")
+    if pairs:
+        configs = pair_configs(seeds, base)
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         if transforms is not None or alphas is not None or targets is not None:
             raise ValueError("give either a preset or transforms/targets/alphas, not both")
-        configs = paper_preset(seeds, base, learned=bool(learned))
+        configs += paper_preset(seeds, base, learned=bool(learned))
     elif transforms is not None or alphas is not None:
-        configs = sweep(transforms if transforms is not None else "scale",
+        configs += sweep(transforms if transforms is not None else "scale",
                         targets if targets is not None else ("video", "audio"), alphas, seeds, base,
                         learned=True if learned is None else learned)
     if heads is not None:

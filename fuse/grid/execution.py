@@ -34,7 +34,7 @@ from ..train import TrainResult, single_thread, train_head
 from .configs import config_key, describe
 from .report import GRID_FILES, GRID_MARKERS, RESULT_COLUMNS, write_grid
 from .resume import ROWS_DIR, check_same_settings, grid_settings, load_rows, save_row
-from .summary import best_alphas, compare_heads, summarize
+from .summary import best_alphas, compare_heads, compare_pairs, summarize
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class GridResult:
     # Row i's predicted class per test clip with that modality's inputs zeroed (the confusion rates).
     predicted_zeroed: dict[str, np.ndarray] = field(default_factory=dict)
     vggsounder: dict = field(default_factory=dict)   # grid/vggsounder.py: the labels and clips matched
+    pair_comparison: list[dict] = field(default_factory=list)
 
 
 def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, configs: Sequence[TrainConfig],
@@ -155,21 +156,111 @@ def _grid(train, val, test, configs, jobs, chosen, progress, resamples, bootstra
 
     ids = _config_ids(configs)
     rows = [_result_row(cfg, metrics, ids) for cfg, (metrics, _) in zip(configs, scored)]
-    every = np.stack([p for _, p in scored])   # (rows, both / no video / no audio, clips)
+    return _finish(rows, np.stack([p for _, p in scored]), train, test, chosen, jobs, seconds, resamples,
+                   bootstrap_seed, vggsounder)
+
+
+def _finish(rows, every, train, test, method, jobs, seconds, resamples, bootstrap_seed,
+            vggsounder=None) -> GridResult:
+    """Summaries and comparisons of trained and scored rows (run_grid, run_pair_grid); ``every``:
+    (rows, both / no video / no audio, clips) predicted classes."""
     predicted = every[:, 0]
     summary = summarize(rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     comparison = compare_heads(summary, rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
+    pairs = compare_pairs(summary, rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     ceiling = learnable(train, test)
     for entry in summary:   # the table and plots read them from any summary row
-        entry["_context"] = {"ceiling": ceiling, "head_comparison": comparison, "test_clips": len(test)}
+        entry["_context"] = {"ceiling": ceiling, "head_comparison": comparison, "pair_comparison": pairs,
+                             "test_clips": len(test)}
     result = GridResult(rows, summary, best_alphas(summary), predicted, test.labels.copy(), list(test.clip_ids),
-                        chosen, jobs, seconds, ceiling=ceiling, head_comparison=comparison,
+                        method, jobs, seconds, ceiling=ceiling, head_comparison=comparison, pair_comparison=pairs,
                         predicted_zeroed={f"no_{m}": every[:, 1 + i] for i, m in enumerate(MODALITY_NAMES)})
     if vggsounder is not None:
         from .vggsounder import add_vggsounder
         add_vggsounder(result, vggsounder, resamples=resamples, seed=bootstrap_seed)
     log.info("grid done in %.1f s", seconds)
     return result
+
+
+def run_pair_grid(pairs: dict, configs: Sequence[TrainConfig], out_dir=None, *, jobs: int | None = None,
+                  method: str = "auto", progress: Progress | None = None, overwrite: bool = False,
+                  resamples: int = 2000, bootstrap_seed: int = 0, record: dict | None = None) -> GridResult:
+    """Encoder pairs as a grid axis. ``pairs`` maps a label (``"timesformer+ast"``) to that pair's
+    (train, val, test), its stores combined (cache.open_split); every pair must hold the same
+    test clips with the same labels, so that its rows are paired with the others'.
+
+    Every pair trains ``configs`` under the same seeds (rows labelled ``"<pair>: <config>"``,
+    with a ``pair`` column), except the unimodal ones (modalities video or audio), which depend
+    on one encoder only: they run once per encoder, with the first pair that has it, labelled
+    ``"<encoder>: video only"``. Each configuration is compared with its own pair's ``none``
+    baseline (``vs_none``), each pair's heads with each other, and each pair's ``none`` with
+    every other pair's (``pair_comparison``), all by the paired bootstrap over the test clips.
+    """
+    configs = list(configs)
+    if not pairs:
+        raise ValueError("no encoder pairs to compare")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_unique(configs)
+    labels = list(pairs)
+    first_train, _, first_test = pairs[labels[0]]
+    for label in labels:
+        train, val, test = pairs[label]
+        _check_splits(train, val, test, configs)
+        _check_same_test(labels[0], first_test, label, test)
+    if out_dir is not None:
+        check_kind(out_dir, "grid")
+        check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")
+    started = time.perf_counter()
+    rows, predicted, seen, ids, used_jobs, methods = [], [], set(), {}, 1, set()
+    for label in labels:
+        train, val, test = pairs[label]
+        encoders = _encoders(label, train)
+        cfgs = [c for c in configs if c.modalities == "both" or encoders[c.modalities] not in seen]
+        seen |= set(encoders.values())
+        used_jobs = max(used_jobs, _resolve_jobs(jobs, len(cfgs)))
+        chosen = choose_method(cfgs, train) if method == "auto" else method
+        methods.add(chosen)
+        scored: list = [None] * len(cfgs)
+        _run(train, val, test, cfgs, _resolve_jobs(jobs, len(cfgs)), chosen, progress,
+             lambda i, metrics, pred, scored=scored: scored.__setitem__(i, (metrics, pred)))
+        for cfg, (metrics, pred) in zip(cfgs, scored):
+            key = (("pair", label), *config_key(cfg))
+            ids.setdefault(key, len(ids))
+            shown = label if cfg.modalities == "both" else encoders[cfg.modalities][1]
+            row = {**_labels(cfg), **metrics, "config_id": ids[key], "config": f"{shown}: {describe(cfg)}",
+                   "pair": label}
+            rows.append({**{k: row[k] for k in ("pair", *RESULT_COLUMNS)}, "_key": key})
+            predicted.append(pred)
+    result = _finish(rows, np.stack(predicted), first_train, first_test, "+".join(sorted(methods)), used_jobs,
+                     time.perf_counter() - started, resamples, bootstrap_seed)
+    if out_dir is not None:   # written whole at the end (a pairs grid does not resume row by row)
+        with claim(out_dir, "grid", GRID_FILES):
+            out = check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")   # again, under the lock
+            remove_files(out, GRID_FILES)
+            identities = {label: cache_identity(dict(zip(("train", "val", "test"), pairs[label]))) for label in labels}
+            mark(out, "grid", {"pairs": labels})
+            result.files = write_grid(out, result, resamples, {"command": "grid", "pairs": identities,
+                                                               "configs": len(configs), **(record or {})})
+    return result
+
+
+def _encoders(label: str, train: FeatureSplit) -> dict:
+    """{modality: (store id, shown name)} of a pair: its stores where the cache records them."""
+    stores = train.attrs.get("stores") or {}
+    names = label.split("+") if "+" in label else [label, label]
+    return {m: (stores.get(m) or stores.get("audiovisual") or name, name) for m, name in zip(("video", "audio"), names)}
+
+
+def _check_same_test(label_a: str, a: FeatureSplit, label_b: str, b: FeatureSplit) -> None:
+    if a.clip_ids != b.clip_ids or not np.array_equal(a.labels, b.labels) or a.label_names != b.label_names:
+        differ = next((x for x, y in zip(a.clip_ids, b.clip_ids) if x != y), None)
+        if differ is None:
+            differ = next((c for c in a.clip_ids + b.clip_ids if (c in a.clip_ids) != (c in b.clip_ids)), None)
+        if differ is None and a.label_names == b.label_names:
+            differ = a.clip_ids[int(np.flatnonzero(a.labels != b.labels)[0])]
+        raise ValueError(f"pairs {label_a} and {label_b} have other test clips or labels (e.g. clip {differ}); "
+                         f"their rows cannot be paired: extract every pair from one manifest")
 
 
 def choose_method(configs: Sequence[TrainConfig], train: FeatureSplit) -> str:

@@ -42,7 +42,8 @@ def write_grid(out: Path, result, resamples: int, config: dict | None = None) ->
     """Write results, summary, predictions, plots and config.json into ``out``; summary.json goes last."""
     out = Path(out)
     files = {"results": out / RESULTS_FILE, "summary_csv": out / SUMMARY_CSV, "predictions": out / PREDICTIONS_FILE}
-    _write_csv(files["results"], result.rows, RESULT_COLUMNS)
+    paired = any("pair" in r for r in result.rows)   # grid --pairs: which encoders each row used
+    _write_csv(files["results"], result.rows, ("pair", *RESULT_COLUMNS) if paired else RESULT_COLUMNS)
     summary_columns = [k for k in result.summary[0] if not k.startswith("_")]
     _write_csv(files["summary_csv"], result.summary, summary_columns)
     with atomic_write(files["predictions"]) as f:
@@ -66,6 +67,7 @@ def write_grid(out: Path, result, resamples: int, config: dict | None = None) ->
         "configs": [{k: v for k, v in s.items() if not k.startswith("_")} for s in result.summary],
         "best_alpha": result.best_alpha,
         "head_comparison": result.head_comparison,
+        **({"pair_comparison": result.pair_comparison} if paired else {}),
         "learnable_ceiling": result.ceiling,
         "test_clips": len(result.test_labels), "runs": len(result.rows), "method": result.method,
         "jobs": result.jobs, "seconds": round(result.seconds, 3), "confidence": CONFIDENCE, "resamples": resamples,
@@ -83,9 +85,11 @@ INTERVALS_NOTE = (
     "vs_none_*: test top-1 minus the none baseline's, over the seeds both ran; the interval is a paired "
     "percentile bootstrap over test clips (per-clip correctness averaged over those seeds, clips resampled "
     "with replacement): it covers the choice of test clips, the t-interval the training noise. head_comparison: "
-    "the same paired bootstrap between two heads. test_top1_no_video/no_audio: test top-1 with that modality's "
-    "inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets the others right: "
-    "the masked_classes (absent from train) are masked in every prediction, so no head ever predicts them.")
+    "the same paired bootstrap between two heads; pair_comparison (grid --pairs): between two encoder pairs' none "
+    "baselines, each configuration's vs_none being against its own pair's. test_top1_no_video/no_audio: test top-1 "
+    "with that modality's inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets "
+    "the others right: the masked_classes (absent from train) are masked in every prediction, so no head ever "
+    "predicts them.")
 
 
 def _masked_note(ceiling: dict) -> str:
@@ -162,6 +166,9 @@ def format_summary_table(summary, test_clips: int | None = None) -> str:
     for c in context.get("head_comparison", []):
         out.append(f"{c['a']} vs {c['b']}: test top-1 {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
                    f"(paired bootstrap, {c['seeds']} seed(s))")
+    for c in context.get("pair_comparison", []):
+        out.append(f"encoders {c['a']} vs {c['b']} (none): test top-1 {c['diff']:+.3f} [{c['low']:+.3f}, "
+                   f"{c['high']:+.3f}] (paired bootstrap, {c['seeds']} seed(s))")
     ceiling = context.get("ceiling")
     if ceiling:
         out.append(f"learnable ceiling: {ceiling['seen_label_clips']} of {ceiling['clips']} test clips have a label "

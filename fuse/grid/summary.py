@@ -44,7 +44,7 @@ def summarize(rows: Sequence[dict], predicted: np.ndarray, labels: np.ndarray, *
         entry = {"config_id": first["config_id"], "config": first["config"],
                  **{k: first.get(k, DEFAULT_HEAD if k == "head" else None)
                     for k in ("head", "modalities", "target", "transform")},
-                 "alpha": first["alpha"], "seeds": len(members)}
+                 "alpha": first["alpha"], "seeds": len(members), **({"pair": first["pair"]} if "pair" in first else {})}
         for metric in SUMMARY_METRICS:
             values = [rows[i][metric] for i in members if rows[i].get(metric) is not None]
             mean, low, high = _metric_interval(metric, values, confidence) if values else (None, None, None)
@@ -74,6 +74,30 @@ def compare_heads(summary: Sequence[dict], rows: Sequence[dict], predicted: np.n
                 out.append({"a": a["config"], "b": b["config"], "diff": versus["_diff"], "low": versus["_low"],
                             "high": versus["_high"], "seeds": versus["_seeds"]})
     return out
+
+
+def compare_pairs(summary: Sequence[dict], rows: Sequence[dict], predicted: np.ndarray, labels: np.ndarray, *,
+                  resamples: int = 2000, seed: int = 0, confidence: float = CONFIDENCE) -> list[dict]:
+    """Each two encoder pairs of ``grid --pairs``: the ``none`` baseline (plain concatenation) of
+    pair ``a`` minus pair ``b``'s in test top-1, over the seeds both ran, with its paired
+    bootstrap interval over the same test clips. Empty without pairs."""
+    correct = _correct(predicted, labels)
+    groups = _groups(rows)
+    axis = [s for s in summary if s.get("pair") and is_baseline(s)]
+    out = []
+    for i, b in enumerate(axis):
+        for a in axis[i + 1:]:
+            if _without_pair(a["_key"]) != _without_pair(b["_key"]):
+                continue
+            versus = _versus(rows, correct, groups[a["_key"]], groups[b["_key"]], resamples, seed, confidence, "")
+            if versus["_seeds"]:
+                out.append({"a": a["pair"], "b": b["pair"], "diff": versus["_diff"], "low": versus["_low"],
+                            "high": versus["_high"], "seeds": versus["_seeds"]})
+    return out
+
+
+def _without_pair(key: tuple) -> tuple:
+    return tuple(item for item in _baseline_key(key) if item[0] != "pair")
 
 
 def is_baseline(options: dict) -> bool:
