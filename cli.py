@@ -219,11 +219,11 @@ def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predic
 @click.argument("videos", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run directory.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to show per video.")
-@click.option("--video-checkpoint", type=click.Path(exists=True, dir_okay=False),
+@click.option("--video-checkpoint", type=click.Path(exists=True),
               help="The video backbone's checkpoint, if not where extraction read it (its sha256 must match).")
-@click.option("--audio-checkpoint", type=click.Path(exists=True, dir_okay=False),
+@click.option("--audio-checkpoint", type=click.Path(exists=True),
               help="The audio backbone's checkpoint, if not where extraction read it (its sha256 must match).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+@click.option("--checkpoint", type=click.Path(exists=True),
               help="The audio-visual backbone's checkpoint, likewise.")
 @click.option("--trust-checkpoint", is_flag=True, help=SETTINGS["trust_checkpoint"].help)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)

@@ -110,6 +110,10 @@ class TSAMSpectrogram(_Spec):
 
 SPECS = {cls.kind: cls for cls in (TSMFrames, TSAMFrames, TSAMSpectrogram)}
 
+from .hf_processor import HFAudio, HFFrames  # noqa: E402  (they subclass _Spec, above)
+
+SPECS.update({cls.kind: cls for cls in (HFFrames, HFAudio)})
+
 
 def spec_from_dict(slot: str, d: dict):
     """The spec a cache recorded for input ``slot`` ("video" or "audio")."""

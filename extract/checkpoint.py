@@ -201,6 +201,9 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def file_sha256(path: str | os.PathLike, chunk=1 << 20) -> str:
+    if Path(path).is_dir():   # a Hugging Face snapshot folder: its config and weight files (extract/hf.py)
+        from .hf import snapshot_sha256
+        return snapshot_sha256(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 MODALITIES = ("video", "audio", "audiovisual")
+# A family whose modality depends on the checkpoint (hf: the snapshot's model type) registers as
+# "any"; the built module's ``modality`` says what it is, and its input_specs refuses the others.
+ANY = "any"
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,14 @@ class Extras:
 @dataclass(frozen=True)
 class BackboneEntry:
     name: str
-    modality: str                 # what it encodes: video, audio, or audiovisual (both)
+    modality: str                 # what it encodes: video, audio, audiovisual (both), or any (the checkpoint's)
     build: Callable               # build(checkpoint=None, **options) -> frozen module
     options: dict = field(default_factory=dict)   # every option build takes, with its default
     help: str = ""
     config_reader: Callable | None = None   # a family's own config file (TSAM's JSON) -> options
 
     def can_encode(self, modality: str) -> bool:
-        return self.modality == modality or self.modality == "audiovisual"
+        return self.modality == modality or self.modality in ("audiovisual", ANY)
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -92,8 +95,8 @@ def register_backbone(name: str, *, modality: str, help: str = "", config_reader
     it returns records ``backbone_name`` and the full ``options`` it was built with, which is
     what a cache stores to rebuild it (:func:`rebuild`).
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if modality not in MODALITIES + (ANY,):
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES + (ANY,))}, got {modality!r}")
 
     def decorator(build: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name].build.__wrapped__ is not build:
