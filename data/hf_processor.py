@@ -78,8 +78,9 @@ class HFFrames(_Spec):
 
     def process(self, frames: list[np.ndarray]) -> torch.Tensor:
         """Decoded (H, W, 3) uint8 frames -> pixel_values (T, 3, H, W) float32."""
-        out = self.processor(list(frames), return_tensors="pt")
-        return out["pixel_values"][0].float()
+        pixels = self.processor(list(frames), return_tensors="pt")["pixel_values"]
+        # A video processor returns one video (1, T, 3, H, W); an image processor T images (T, 3, H, W).
+        return (pixels[0] if pixels.ndim == 5 else pixels).float()
 
     def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
         return self.process(decode_rgb_frames(path, self.num_frames, clip_id, threads))

@@ -53,6 +53,7 @@ TOWERS = {
 CLASSIFIER_SUFFIXES = ("ForAudioClassification", "ForVideoClassification", "ForSequenceClassification",
                        "ForImageClassification")
 AUDIO_INPUTS = ("input_values", "input_features")
+HIERARCHICAL = ("clap_audio_model",)   # block outputs of growing widths: no per-layer stack
 
 
 def snapshot_files(folder) -> tuple[Path, list[Path]]:
@@ -97,6 +98,18 @@ def read_weights(weights: list[Path]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _class(name: str, model_type: str):
+    """A transformers class by name: exported at the top level, or in the model type's module
+    (WhisperEncoder is not exported)."""
+    import importlib
+
+    import transformers
+
+    if hasattr(transformers, name):
+        return getattr(transformers, name)
+    return getattr(importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}"), name)
+
+
 def _choose(config):
     """(model class, its config, file-key prefixes to keep, prefix they get in the model, kind)."""
     import transformers
@@ -106,7 +119,7 @@ def _choose(config):
         return getattr(transformers, arch), config, None, "", "classifier"
     if config.model_type in TOWERS:
         name, sub, prefixes, into = TOWERS[config.model_type]
-        return getattr(transformers, name), getattr(config, sub) if sub else config, prefixes, into, "tower"
+        return _class(name, config.model_type), getattr(config, sub) if sub else config, prefixes, into, "tower"
     from transformers import AutoModel
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -142,8 +155,15 @@ def load_strict_hf(cls, config, state: dict, source: str) -> nn.Module:
     """``cls.from_pretrained`` of ``state`` in float32, refused unless every weight loaded."""
     from transformers.core_model_loading import revert_weight_conversion
 
-    model, info = cls.from_pretrained(None, config=config, state_dict=dict(state), dtype=torch.float32,
-                                      output_loading_info=True, local_files_only=True)
+    try:
+        # ignore_mismatched_sizes: a wrong shape comes back in the report (refused below, in one
+        # line) instead of transformers' multi-line RuntimeError.
+        model, info = cls.from_pretrained(None, config=config, state_dict=dict(state), dtype=torch.float32,
+                                          output_loading_info=True, local_files_only=True,
+                                          ignore_mismatched_sizes=True)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{source}: transformers cannot load it as {cls.__name__} "
+                              f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})") from None
     expected = model.state_dict()
     problems = []
     if info["missing_keys"]:
@@ -229,12 +249,23 @@ class HFEncoder(nn.Module):
             pooler = getattr(output, "pooler_output", None)
             pooled = pooler if pooler is not None else self._masked_mean(tokens, inputs.get("attention_mask"))
             out = {"pooled": pooled, "tokens": tokens}
+        if out["tokens"].ndim == 4:      # CLAP's audio tower: a (B, D, F, T) map -> (B, F * T, D) tokens
+            out["tokens"] = out["tokens"].flatten(2).transpose(1, 2)
         if layers:
-            out["layers"] = torch.stack([h.mean(dim=1) for h in output.hidden_states[1:]], dim=1)
+            hidden = output.hidden_states[1:]
+            widths = sorted({h.shape[-1] for h in hidden})
+            if len(widths) > 1 or hidden[0].ndim != 3:
+                raise ValueError(f"layers: the {self.model_type} encoder is hierarchical (block outputs of widths "
+                                 f"{', '.join(map(str, widths))}): no per-layer mean to stack")
+            out["layers"] = torch.stack([h.mean(dim=1) for h in hidden], dim=1)
         return {k: v.float() for k, v in out.items()}
 
     def forward(self, **inputs) -> torch.Tensor:
         return self.embed(**inputs)["pooled"]
+
+    def _has_layers(self) -> bool:
+        """Whether every block's output has one width (not CLAP's hierarchical Swin)."""
+        return self.model_type not in HIERARCHICAL
 
     def _body(self) -> nn.Module:
         """The encoder inside a classifier, whose first output is last_hidden_state."""
@@ -281,18 +312,19 @@ class HFEncoder(nn.Module):
         if self._shapes is None:
             spec = self.input_specs(modality)[modality]
             with torch.inference_mode():
-                out = self.extract(modality, {modality: spec.blank()[None]}, Extras(tokens=True, layers="all"))
+                out = self.embed(layers=self._has_layers(), **spec.model_inputs(spec.blank()[None]))
             self._shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}
-        depth = self._shapes[f"{modality}_layers"][-2]
-        shapes = {modality: self._shapes[modality]}
+        if extras.layers is not None and "layers" not in self._shapes:
+            raise ValueError(f"layers: the {self.model_type} encoder is hierarchical: no per-layer mean to stack")
+        shapes = {modality: self._shapes["pooled"]}
         if extras.tokens:
-            shapes[f"{modality}_tokens"] = self._shapes[f"{modality}_tokens"]
+            shapes[f"{modality}_tokens"] = self._shapes["tokens"]
         if extras.layers is not None:
-            n = len(extras.layer_indices(depth))
-            per_layer = self._shapes[f"{modality}_layers"]
+            per_layer = self._shapes["layers"]
+            n = len(extras.layer_indices(per_layer[-2]))
             shapes[f"{modality}_layers"] = per_layer[:-2] + (n, per_layer[-1])
         if self.per_frame:
-            views = self._shapes[modality][0]
+            views = self._shapes["pooled"][0]
             return {k: {"shape": list(v), "views": views} for k, v in shapes.items()}
         return shapes
 
@@ -367,7 +399,7 @@ def load_hf(checkpoint=None, num_frames: int = 8) -> HFEncoder:
     modality, per_frame = _modality(model)
     processor = load_processor(folder, modality)
     encoder = HFEncoder(model, processor, kind, modality, per_frame, folder)
-    encoder.config = {"model": "hf", "model_type": model.config.model_type, "class": cls.__name__,
+    encoder.config = {"model": "hf", "model_type": config.model_type, "class": cls.__name__,
                       "snapshot": folder.name, "modality": modality,
                       "processor": type(processor).__name__}
     encoder.fingerprint = "sha256:" + snapshot_sha256(folder)
