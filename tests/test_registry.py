@@ -46,7 +46,7 @@ def load_framemean(checkpoint=None, dim: int = 8, num_frames: int = 3, seed: int
 
 def test_every_family_module_is_discovered_and_registered():
     families = {m.name for m in pkgutil.iter_modules(extract.__path__)} - extract._INFRASTRUCTURE
-    assert families == {"ast", "cavmae", "timesformer", "tsam", "tsm"}
+    assert families == {"ast", "cavmae", "hf", "timesformer", "tsam", "tsm"}
     assert {"ast", "cavmae", "timesformer", "tsam", "tsm"} <= set(backbone_names())
     assert set(backbone_names("video")) >= {"timesformer", "tsm", "cavmae", "tsam"}
     assert "tsm" not in backbone_names("audio") and get_backbone("tsam").modality == "audiovisual"
