@@ -75,6 +75,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     weights are dropped here.
     """
     path = Path(path)
+    if path.is_dir():   # a Hugging Face snapshot folder: its weight files (extract/hf.py reads them safely)
+        from .hf import read_weights, snapshot_files
+        return read_weights(snapshot_files(path)[1])
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.stat().st_size == 0:
