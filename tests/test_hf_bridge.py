@@ -6,6 +6,10 @@ the reference: 1e-6; with 1e-6 kept the tiny model below differs by 6.2e-4). Wha
 timm's fused qkv and SDPA against HF's separate projections: measured max |difference| of the
 pooled embeddings 0.0 here (bit-identical on this CPU, float32), not guaranteed on
 other BLAS kernels; the tolerance is 1e-5.
+
+load_timesformer reads an HF TimeSformer snapshot the same way (transformers' TimeSformer is a
+port of the same network, divided space-time attention, LayerNorm epsilon 1e-6 in both): every
+final-norm token agrees to 4.8e-7 here (float32, CPU), within the same 1e-5.
 """
 import json
 
@@ -67,3 +71,38 @@ def test_load_ast_refuses_an_hf_snapshot_of_another_shape(hf_ast, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="time_stride 12"):
         load_ast(folder, input_tdim=64, arch="tiny")
+
+
+@pytest.fixture(scope="module")
+def hf_timesformer(tmp_path_factory):
+    """A tiny HF TimeSformer of load_timesformer's tiny shape: 64 wide, 2 deep, 2 heads, divided space-time."""
+    import transformers as T
+    folder = tmp_path_factory.mktemp("bridge") / "timesformer"
+    torch.manual_seed(0)
+    model = T.TimesformerForVideoClassification(T.TimesformerConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, image_size=32,
+        patch_size=16, num_frames=4, num_labels=3))
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    model.eval().save_pretrained(folder)
+    T.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder, model
+
+
+def test_load_timesformer_reads_an_hf_snapshot_and_equals_transformers(hf_timesformer):
+    from alphafuse.extract import load_hf, load_timesformer
+    folder, ref = hf_timesformer
+    native = load_timesformer(folder, num_frames=4, img_size=32, arch="tiny")
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.standard_normal((2, 4, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        want = ref.timesformer(pixel_values=pixels).last_hidden_state
+        got = native.forward_features(pixels.transpose(1, 2))     # native frames are (B, 3, T, H, W)
+    diff = (got - want).abs().max().item()
+    print(f"load_timesformer vs transformers TimeSformer: max |diff| over all tokens {diff:.3g}")
+    assert diff < BRIDGE_TOL, diff
+    assert (load_hf(folder).embed(pixel_values=pixels)["pooled"] - got[:, 0]).abs().max() < BRIDGE_TOL
+    with pytest.raises(Exception, match="attention_type 'divided_space_time' \\(load_timesformer builds 'space_only'\\)"):
+        load_timesformer(folder, num_frames=4, img_size=32, arch="tiny", attention_type="space_only")
