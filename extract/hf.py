@@ -120,7 +120,6 @@ def _choose(config):
     if config.model_type in TOWERS:
         name, sub, prefixes, into = TOWERS[config.model_type]
         return _class(name, config.model_type), getattr(config, sub) if sub else config, prefixes, into, "tower"
-    from transformers import AutoModel
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     try:
@@ -128,7 +127,6 @@ def _choose(config):
     except KeyError:
         raise CheckpointError(f"transformers {transformers.__version__} has no base model for model_type "
                               f"{config.model_type!r}") from None
-    del AutoModel
     return cls, config, (cls.base_model_prefix + ".",) if cls.base_model_prefix else None, "", "base"
 
 
