@@ -110,16 +110,19 @@ class TSAMSpectrogram(_Spec):
 
 SPECS = {cls.kind: cls for cls in (TSMFrames, TSAMFrames, TSAMSpectrogram)}
 
-from .hf_processor import HFAudio, HFFrames  # noqa: E402  (they subclass _Spec, above)
 
-SPECS.update({cls.kind: cls for cls in (HFFrames, HFAudio)})
+def _kinds() -> dict:
+    """SPECS and the Hugging Face processor specs (data/hf_processor.py subclasses _Spec: imported
+    here, when a cache is read, not at import time, which would be circular)."""
+    from .hf_processor import HFAudio, HFFrames
+    return {**SPECS, HFFrames.kind: HFFrames, HFAudio.kind: HFAudio}
 
 
 def spec_from_dict(slot: str, d: dict):
     """The spec a cache recorded for input ``slot`` ("video" or "audio")."""
     if "kind" in d:
         try:
-            return SPECS[d["kind"]].from_dict(d)
+            return _kinds()[d["kind"]].from_dict(d)
         except KeyError:
             raise ValueError(f"unknown input spec kind {d['kind']!r}") from None
     return VideoConfig.from_dict(d) if slot == "video" else AudioConfig.from_dict(d)

@@ -379,8 +379,8 @@ def load_hf(checkpoint=None, num_frames: int = 8) -> HFEncoder:
     import transformers
 
     if checkpoint is None:
-        raise CheckpointError("the hf backbone needs a snapshot folder as its checkpoint (e.g. --video-checkpoint DIR)",
-                              hint="video_checkpoint")
+        raise CheckpointError("the hf backbone needs a snapshot folder as its checkpoint (e.g. --video-checkpoint DIR "
+                              "or --audio-checkpoint DIR)")
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"hf option num_frames must be a positive integer, got {num_frames!r}")
     folder = Path(checkpoint).resolve()

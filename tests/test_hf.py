@@ -297,4 +297,6 @@ def test_modality_comes_from_the_snapshot(snapshots):
     enc = _load(snapshots("ast")[0])
     with pytest.raises(ValueError, match="audio encoder: it cannot encode video"):
         enc.input_specs("video")
+    with pytest.raises(ValueError, match="cannot encode audiovisual \\(give it as --audio-backbone hf"):
+        enc.input_specs("audiovisual")           # --backbone hf with a one-modality snapshot
     assert enc.config["model_type"] == "audio-spectrogram-transformer" and enc.config["snapshot"] == "ast"
