@@ -300,3 +300,16 @@ def test_modality_comes_from_the_snapshot(snapshots):
     with pytest.raises(ValueError, match="cannot encode audiovisual \\(give it as --audio-backbone hf"):
         enc.input_specs("audiovisual")           # --backbone hf with a one-modality snapshot
     assert enc.config["model_type"] == "audio-spectrogram-transformer" and enc.config["snapshot"] == "ast"
+
+
+def test_the_snapshots_declared_statistics_are_used(snapshots):
+    """TimeSformer's snapshot declares Kinetics statistics (0.45, 0.225), not ImageNet's: a grey
+    frame must come out as (128 / 255 - 0.45) / 0.225 everywhere."""
+    folder, _ = snapshots("timesformer")
+    declared = json.loads((folder / "preprocessor_config.json").read_text())
+    assert declared["image_mean"] == [0.45] * 3 and declared["image_std"] == [0.225] * 3
+    enc = _load(folder)
+    spec = enc.input_specs("video")["video"]
+    pixels = spec.process([np.full((40, 52, 3), 128, np.uint8)] * 4)
+    assert pixels.shape == (4, 3, 32, 32)
+    assert torch.allclose(pixels, torch.full_like(pixels, (128 / 255 - 0.45) / 0.225), atol=1e-5)

@@ -56,6 +56,7 @@ def clips(subset_dir, tmp_path_factory):
     return folder / "m.csv"
 
 
+@pytest.mark.slow
 def test_extract_fuse_predict_with_videomae_and_ast(snaps, clips, tmp_path):
     from alphafuse.cache import read_split
     video, audio = snaps["videomae"][0], snaps["ast"][0]
@@ -90,6 +91,7 @@ def test_extract_fuse_predict_with_videomae_and_ast(snaps, clips, tmp_path):
     assert len(result[0]["top"]) == 2
 
 
+@pytest.mark.slow
 def test_extract_with_a_wav2vec2_audio_encoder_and_the_wrong_role(snaps, clips, tmp_path):
     from alphafuse.cache import read_split
     code, out, err = _cli(["extract", "--manifest", clips, "--cache-dir", tmp_path / "cache", "--split", "val",
