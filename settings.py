@@ -172,8 +172,8 @@ SETTINGS = {
     "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding.", _choices("audio")),
     "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above).",
                         _choices("audiovisual")),
-    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights."),
-    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights."),
+    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth; for hf a snapshot folder). None: random weights."),
+    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth; for hf a snapshot folder). None: random weights."),
     "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
     "backbone_config": Setting("path", None, "The backbone family's own config file, mapped onto its options "
                                              "(TSAM's JSON config: its model and shift_temporal sections)."),

@@ -122,7 +122,14 @@ class HFAudio(_Spec):
         kwargs = {}
         if self.max_samples is not None:
             kwargs = dict(padding="max_length", max_length=self.max_samples, truncation=True)
-        out = self.processor(wave, sampling_rate=self.sampling_rate, return_tensors="pt", **kwargs)
+        # CLAP's extractor crops audio longer than its window at random (np.random, rand_trunc and
+        # fusion): a fixed seed per call makes a clip's input, and so its cached embedding, repeatable.
+        state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            out = self.processor(wave, sampling_rate=self.sampling_rate, return_tensors="pt", **kwargs)
+        finally:
+            np.random.set_state(state)
         return {k: torch.as_tensor(v)[0] for k, v in out.items()}
 
     def pack(self, outputs: dict) -> torch.Tensor:

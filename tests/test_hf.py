@@ -313,3 +313,11 @@ def test_the_snapshots_declared_statistics_are_used(snapshots):
     pixels = spec.process([np.full((40, 52, 3), 128, np.uint8)] * 4)
     assert pixels.shape == (4, 3, 32, 32)
     assert torch.allclose(pixels, torch.full_like(pixels, (128 / 255 - 0.45) / 0.225), atol=1e-5)
+
+
+def test_clap_random_crop_is_repeatable(snapshots):
+    """CLAP's extractor crops long audio at random: the spec's input must be the same every time."""
+    folder, _ = snapshots("clap")
+    spec = _load(folder).input_specs("audio")["audio"]
+    wave = np.random.default_rng(3).standard_normal(16000 * 3).astype(np.float32) * 0.1   # 3 s > its 1 s window
+    assert torch.equal(spec.process(wave), spec.process(wave))
