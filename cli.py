@@ -93,11 +93,10 @@ class _BackbonesEpilog(click.Command):
     """Lists the registered backbones, what they encode and their options, under --help."""
 
     def format_epilog(self, ctx, formatter):
-        from alphafuse.extract import backbone_names, get_backbone
+        from alphafuse import catalogue
 
         rows = []
-        for name in backbone_names():
-            entry = get_backbone(name)
+        for name, entry in catalogue.entries("backbone").items():
             options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
             rows.append((name, f"{entry.modality}: {entry.help}. Options: {options}"))
         with formatter.section("Backbones (--video-backbone, --audio-backbone, --backbone; --backbone-opt KEY=VALUE)"):
@@ -132,13 +131,12 @@ class _HeadsEpilog(click.Command):
     """Lists the heads and the transforms under --help, from their registries."""
 
     def format_epilog(self, ctx, formatter):
-        from alphafuse.fuse.heads import head_help
-        from alphafuse.fuse.transforms import TRANSFORM_HELP
+        from alphafuse import catalogue
 
         with formatter.section("Heads (--head; --head-option KEY=VALUE sets one of its options)"):
-            formatter.write_dl(sorted(head_help().items()))
+            formatter.write_dl([(name, e.help) for name, e in catalogue.entries("head").items()])
         with formatter.section("Transforms (concat head: applied to --target before concatenation)"):
-            formatter.write_dl(sorted(TRANSFORM_HELP.items()))
+            formatter.write_dl(sorted(catalogue.transform_help().items()))
 
 
 _HEAD_SETTINGS = ("transform", "target", "alpha", "modalities", "epochs", "batch_size", "lr", "hidden", "dropout",
@@ -189,54 +187,52 @@ def fuse(config, out, cache_dir, device, overwrite, **flags):
 
 
 @main.command()
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="A run directory.")
-@click.option("--backbone-logits", is_flag=True,
-              help="Instead of a run: score the cache's own classifier outputs (a fine-tuned CAV-MAE, TSM or TSAM), "
-                   "the mean of the per-view softmax, as the backbone's reference evaluation.")
-@click.option("--backbone-labels", type=click.Path(exists=True, dir_okay=False),
-              help="With --backbone-logits: the backbone's class names, a class_labels_indices.csv "
-                   "(index,mid,display_name) or one name per line.")
-@click.option("--split", default="test", show_default=True, help="Split to score.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Default: where the run's training cache was.")
-@click.option("--predictions", type=click.Path(dir_okay=False), help="Write clip_id, label, predicted and class probabilities as CSV.")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved epoch.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run_dir, backbone_logits, backbone_labels, split, cache_dir, predictions, which, as_json):
-    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits)."""
+@config_option
+@options("run", "backbone_logits", "backbone_labels", "split", "cache_dir", "predictions", "which", "json",
+         "vggsounder", "vggsounder_labels")
+def evaluate(config, **flags):
+    """Re-score a saved head on a cached split, or the backbone's own classifier (--backbone-logits).
+
+    With --vggsounder, also on VGGSounder's labels of the split's VGGSound clips, written to
+    <run>/vggsounder-<split>.json.
+    """
     from alphafuse.fuse.commands import evaluate_backbone_command, evaluate_command
 
-    if backbone_logits:
-        if cache_dir is None:
+    s = settings(config, "evaluate")
+    get = lambda name: s.get(name, flags.get(name), None)   # noqa: E731  (None unless given)
+    split, as_json = s.get("split", flags["split"]), s.get("json", flags["json"])
+    vggsounder, vggsounder_labels = s.get("vggsounder", flags["vggsounder"]), get("vggsounder_labels")
+    if s.get("backbone_logits", flags["backbone_logits"]):
+        if vggsounder:
+            raise click.UsageError("--vggsounder scores a run's head (--run), not --backbone-logits")
+        if get("cache_dir") is None:
             raise click.UsageError("--backbone-logits needs --cache-dir")
-        evaluate_backbone_command(Path(cache_dir), split, backbone_labels, as_json, echo=click.echo)
+        evaluate_backbone_command(Path(get("cache_dir")), split, get("backbone_labels"), as_json, echo=click.echo)
         return
-    if run_dir is None:
+    if get("run") is None:
         raise click.UsageError("give --run (a run directory), or --backbone-logits with --cache-dir")
-    evaluate_command(Path(run_dir), split, cache_dir, predictions, which, as_json, echo=click.echo)
+    if vggsounder_labels and not vggsounder:
+        raise click.UsageError("--vggsounder-labels needs --vggsounder")
+    evaluate_command(Path(get("run")), split, get("cache_dir"), get("predictions"), s.get("which", flags["which"]),
+                     as_json, echo=click.echo, vggsounder=bool(vggsounder), vggsounder_labels=vggsounder_labels)
 
 
 @main.command()
 @click.argument("videos", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run directory.")
-@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to show per video.")
-@click.option("--video-checkpoint", type=click.Path(exists=True),
-              help="The video backbone's checkpoint, if not where extraction read it (its sha256 must match).")
-@click.option("--audio-checkpoint", type=click.Path(exists=True),
-              help="The audio backbone's checkpoint, if not where extraction read it (its sha256 must match).")
-@click.option("--checkpoint", type=click.Path(exists=True),
-              help="The audio-visual backbone's checkpoint, likewise.")
-@click.option("--trust-checkpoint", is_flag=True, help=SETTINGS["trust_checkpoint"].help)
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoint, trust_checkpoint, device, as_json):
+@config_option
+@options("run", "top_k", "video_checkpoint", "audio_checkpoint", "checkpoint", "trust_checkpoint", "device", "json")
+def predict(videos, config, **flags):
     """Classify video files with a trained run: the backbones, the transform and the head."""
     from alphafuse.extract.checkpoint import trusted_checkpoints
     from alphafuse.fuse.commands import predict_command
 
-    with trusted_checkpoints(trust_checkpoint):
-        code = predict_command(videos, Path(run_dir), top_k, {"video": video_checkpoint, "audio": audio_checkpoint,
-                                                              "audiovisual": checkpoint},
-                               _device(device), as_json, echo=click.echo)
+    s = settings(config, "predict")
+    checkpoints = {role: s.get(key, flags[key], None) for role, key in
+                   (("video", "video_checkpoint"), ("audio", "audio_checkpoint"), ("audiovisual", "checkpoint"))}
+    with trusted_checkpoints(s.get("trust_checkpoint", flags["trust_checkpoint"])):
+        code = predict_command(videos, Path(s.get("run", flags["run"])), s.get("top_k", flags["top_k"]), checkpoints,
+                               _device(s.get("device", flags["device"])), s.get("json", flags["json"]),
+                               echo=click.echo)
     sys.exit(code)
 
 
@@ -245,7 +241,8 @@ def predict(videos, run_dir, top_k, video_checkpoint, audio_checkpoint, checkpoi
 @main.command(cls=_HeadsEpilog)
 @config_option
 @options("cache_dir", "out", "preset", "transforms", "targets", "alphas", "learned", "heads", "late_weights", "seeds",
-         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience")
+         "jobs", "method", "epochs", "batch_size", "lr", "hidden", "dropout", "modality_dropout", "patience",
+         "vggsounder", "vggsounder_labels")
 @click.option("--head-option", "head_options", multiple=True, metavar="HEAD.KEY=VALUE",
               help="An option of one head of the grid, e.g. bottleneck.dim=64 (repeat).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing grid directory.")
@@ -256,7 +253,8 @@ def grid(config, cache_dir, out, overwrite, **flags):
     interval over seeds; test accuracy against the none baseline with a paired bootstrap
     interval over the same test clips; test top-1 with each modality missing; head-vs-head
     intervals; the learnable ceiling), predictions.npz, and a plot: accuracy against alpha per
-    target, or a bar chart per configuration.
+    target, or a bar chart per configuration. With --vggsounder, VGGSounder hit@1 and modality
+    confusion of each configuration on the test clips it annotates.
     """
     from alphafuse.fuse.commands import grid_command, per_head_options
 
@@ -271,19 +269,17 @@ def grid(config, cache_dir, out, overwrite, **flags):
     grid_command(cache, Path(out_dir) if out_dir else None, Path(s.get("run_dir")), base, sweep,
                  seeds=s.get("seeds", flags["seeds"]), jobs=s.get("jobs", flags["jobs"], None),
                  method=s.get("method", flags["method"]), overwrite=overwrite, echo=click.echo,
-                 head_options=per_head_options(flags["head_options"]))
+                 head_options=per_head_options(flags["head_options"]),
+                 vggsounder=s.get("vggsounder", flags["vggsounder"]),
+                 vggsounder_labels=s.get("vggsounder_labels", flags["vggsounder_labels"], None))
 
 
 # ----------------------------------------------------------------------------- demo
 
 @main.command()
-@click.option("--workdir", default="demo", show_default=True, type=click.Path(file_okay=False),
-              help="Where the dataset, config, caches, runs and report go.")
-@click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per configuration in the grid.")
-@click.option("--clips-per-class", default=24, show_default=True, type=click.IntRange(min=4),
-              help="Generated clips per class (6 classes).")
-@click.option("--jobs", type=click.IntRange(min=1), help="Worker processes for the grid. Default: one per core.")
-def demo(workdir, seeds, clips_per_class, jobs):
+@config_option
+@options("workdir", "seeds", "clips_per_class", "jobs")
+def demo(config, **flags):
     """The whole pipeline on a generated dataset, in a few minutes on a laptop CPU.
 
     Writes 6 classes of 4-s clips (each a visual pattern with a sound; some classes differ only
@@ -293,7 +289,9 @@ def demo(workdir, seeds, clips_per_class, jobs):
     """
     from alphafuse.fuse.demo import run_demo
 
-    run_demo(Path(workdir).resolve(), seeds, clips_per_class, jobs, echo=click.echo)
+    s = settings(config, "demo")
+    run_demo(Path(s.get("workdir", flags["workdir"])).resolve(), s.get("seeds", flags["seeds"]),
+             s.get("clips_per_class", flags["clips_per_class"]), s.get("jobs", flags["jobs"], None), echo=click.echo)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -334,13 +332,16 @@ def _hint(exc: BaseException) -> str:
     return f" ({flag(hint)})" if hint else ""
 
 
+def _user_errors() -> tuple[type, ...]:
+    """The exceptions a user's input can cause, said in one line. Most are ValueError or OSError
+    (CacheError, CheckpointError, SettingError, WriteError); ClipError counts once its module is
+    loaded (it cannot be raised before), so a command's --help imports none of them."""
+    errors = sys.modules.get("alphafuse.data.errors")
+    return (ValueError, OSError) + ((errors.ClipError,) if errors else ())
+
+
 def run() -> None:
     """The console entry point: one line per error a user can cause, exit 130 on Ctrl-C."""
-    from alphafuse.cache import CacheError
-    from alphafuse.data import ClipError
-    from alphafuse.data.atomic import WriteError
-    from alphafuse.extract import CheckpointError
-
     verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -354,11 +355,12 @@ def run() -> None:
             sys.exit(1)
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except (SettingError, CacheError, CheckpointError, ClipError, WriteError, ValueError, OSError) as exc:
-        if verbose:
+    except Exception as exc:
+        if verbose or not isinstance(exc, _user_errors()):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename:
+        atomic = sys.modules.get("alphafuse.data.atomic")
+        if isinstance(exc, OSError) and not (atomic and isinstance(exc, atomic.WriteError)) and exc.filename:
             from alphafuse.data.atomic import describe_os_error
             message = f"{exc.filename}: {describe_os_error(exc)}"
         click.echo(f"Error: {message}{_hint(exc)}", err=True)

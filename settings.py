@@ -10,6 +10,7 @@ for whichever selected backbone has that option, or ``[backbones.NAME]`` for one
 """
 from __future__ import annotations
 
+import numbers
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,32 @@ class SettingError(ValueError):
     """A setting with a wrong type, value or name; the message names the flag or the key."""
 
 
+# Every integer setting lies in a range: its own, else what a 64-bit integer holds (torch and
+# numpy take nothing wider, and say so with a traceback: "Overflow when unpacking long long").
+INT_RANGE = (-(2 ** 63), 2 ** 63 - 1)
+SEED_RANGE = (0, 2 ** 63 - 1)
+
+
+def check_int(value, where: str, minimum=None, maximum=None) -> int:
+    """``value`` as an int within [minimum, maximum] (each defaulting to INT_RANGE's end), or a
+    SettingError naming ``where``, the range and the value. The one check of every integer
+    setting: flags, config keys, TrainConfig's fields and backbone options."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingError(f"{where} must be an integer, got {value!r}")
+    low = INT_RANGE[0] if minimum is None else minimum
+    high = INT_RANGE[1] if maximum is None else maximum
+    if value < low and maximum is None and minimum is not None:
+        raise SettingError(f"{where} must be at least {low:g}, got {_short(value)}")
+    if not low <= value <= high:
+        raise SettingError(f"{where} must be an integer from {low} to {high}, got {_short(value)}")
+    return int(value)
+
+
+def _short(value: int) -> str:
+    """An integer for a message: whole up to 30 digits, else its size (str() refuses 4300 digits)."""
+    return str(value) if abs(value) < 10 ** 30 else f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: str                      # int, float, str, bool, path, ints (comma list), strs (list)
@@ -31,6 +58,8 @@ class Setting:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None   # inclusive lower bound for numbers
+    maximum: int | None = None     # inclusive upper bound of an int (None: INT_RANGE's)
+    exists: bool = False           # a path that must exist when given (checked after config paths resolve)
 
     def check(self, name: str, value, where: str):
         """The value converted to this setting's kind, or a SettingError naming ``where``."""
@@ -41,8 +70,7 @@ class Setting:
             if not isinstance(value, bool):
                 raise SettingError(f"{where} must be true or false, got {value!r}")
         elif kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SettingError(f"{where} must be an integer, got {value!r}")
+            value = check_int(value, where, self.minimum, self.maximum)
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SettingError(f"{where} must be a number, got {value!r}")
@@ -56,6 +84,7 @@ class Setting:
                 value = tuple(int(str(x).strip()) for x in items if str(x).strip() != "")
             except (TypeError, ValueError):
                 raise SettingError(f"{where} must be integers such as 1024,512, got {value!r}") from None
+            value = tuple(check_int(v, where, self.minimum, self.maximum) for v in value)
         elif kind == "strs":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
@@ -65,7 +94,7 @@ class Setting:
             bad = [v for v in (value if kind == "strs" else (value,)) if v not in self.choices]
             if bad:
                 raise SettingError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {bad[0]!r}")
-        if self.minimum is not None and kind in ("int", "float") and value < self.minimum:
+        if self.minimum is not None and kind == "float" and value < self.minimum:
             raise SettingError(f"{where} must be at least {self.minimum:g}, got {value!r}")
         if self.minimum is not None and kind == "ints" and any(v < self.minimum for v in value):
             raise SettingError(f"{where} must be at least {self.minimum:g} each, got {value!r}")
@@ -84,15 +113,18 @@ class Settings:
         self.path = Path(config) if config else Path(DEFAULT_CONFIG)
         self.values: dict = {}
         self.backbone_options: dict = {}
-        if config and not self.path.is_file():
-            raise SettingError(f"config file {self.path} not found")
-        if self.path.is_file():
+        # A named config must exist; the default one is read when anything is there (a FIFO or a
+        # folder under that name is refused, never read or silently skipped).
+        if config or self.path.exists() or self.path.is_symlink():
             self._read()
 
     def _read(self) -> None:
+        from alphafuse.data.files import read_regular_text   # lazy: settings loads for --help
+
+        text = read_regular_text(self.path, "config file", SettingError)
         try:
-            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise SettingError(f"{self.path}: not a readable TOML file ({' '.join(str(exc).split())})") from None
         tables = {}
         for key, value in data.items():
@@ -123,13 +155,19 @@ class Settings:
         (the schema's default when not given; REQUIRED: an error naming flag and key)."""
         setting = self.schema[key]
         if flag_value is not None and flag_value != ():
-            return setting.check(key, flag_value, flag(key))
+            return _existing(setting, setting.check(key, flag_value, flag(key)), flag(key))
         if key in self.values and self.values[key] is not None:
-            return self.values[key]
+            return _existing(setting, self.values[key], f"{self.path}: {key}")
         if default is REQUIRED and setting.default is None:
             where = f"set {key} in {self.path}" if self.path.is_file() else f"put {key} = ... in {DEFAULT_CONFIG}"
             raise SettingError(f"no {key.replace('_', ' ')}: pass {flag(key)} or {where}")
         return setting.default if default is REQUIRED else default
+
+
+def _existing(setting: Setting, value, where: str):
+    if setting.exists and value is not None and not Path(value).exists():
+        raise SettingError(f"{where}: {value} does not exist")
+    return value
 
 
 def _similar(a: str, b: str) -> bool:
@@ -146,19 +184,19 @@ def _similar(a: str, b: str) -> bool:
 
 
 def _choices(kind: str) -> tuple:
+    """A registry's names, read from the source (catalogue.py) so that building the command line
+    imports no model code."""
+    from alphafuse import catalogue
+
     if kind == "transforms":
-        from alphafuse.fuse.transforms import TRANSFORMS
-        return TRANSFORMS
-    if kind == "heads":
-        from alphafuse.fuse.heads import head_names
-        return tuple(head_names())
-    if kind == "sampling":
-        from alphafuse.data.sampling import SAMPLINGS
-        return tuple(sorted(SAMPLINGS))
-    from alphafuse.extract import backbone_names
-    return tuple(backbone_names(kind))
+        return catalogue.transforms()
+    if kind in ("heads", "sampling"):
+        return tuple(catalogue.entries(kind.rstrip("s")))
+    return tuple(catalogue.backbone_names(kind))
 
 
+# The one definition of every default, the heads' and TrainConfig's included: fuse/config.py and
+# fuse/heads/ read theirs from this table (this module imports nothing heavy, so they can).
 SETTINGS = {
     # data and caches
     "manifest": Setting("path", None, "CSV `path,label,split`, official VGGSound CSV (with --video-root), or a folder per class."),
@@ -172,14 +210,17 @@ SETTINGS = {
     "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding.", _choices("audio")),
     "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above).",
                         _choices("audiovisual")),
-    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth; for hf a snapshot folder). None: random weights."),
-    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth; for hf a snapshot folder). None: random weights."),
+    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth; hf: a snapshot folder). None: random weights "
+                                                 "(predict: where extraction read it; its sha256 must match)."),
+    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth; hf: a snapshot folder). None: random weights "
+                                                 "(predict: where extraction read it; its sha256 must match)."),
     "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
     "backbone_config": Setting("path", None, "The backbone family's own config file, mapped onto its options "
                                              "(TSAM's JSON config: its model and shift_temporal sections)."),
     "trust_checkpoint": Setting("bool", False, "Fully unpickle checkpoints that hold Python objects (they can run code: only files you trust)."),
     "arch": Setting("str", "base", "Backbone size; tiny is for tests and CPU demos.", ("base", "tiny")),
-    "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse)."),
+    "seed": Setting("int", 0, "Seed: of random backbone weights (extract), of head weights, dropout and clip order (fuse).",
+                    minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
     "spatial_crops": Setting("int", 1, "1: one view; 3: left/centre/right views, one embedding each, scores averaged.", (1, 3)),
     "temporal_views": Setting("int", 1, "K clips per video (the sampling rule's views), one embedding each, scores averaged.",
                               minimum=1),
@@ -220,6 +261,26 @@ SETTINGS = {
     "learned": Setting("bool", None, "Also train the learned-alpha head per target (default: on for sweeps, off for the preset)."),
     "seeds": Setting("int", 5, "Seeds per configuration.", minimum=1),
     "jobs": Setting("int", None, "Worker processes (one thread each). Default: one per core.", minimum=1),
+    # VGGSounder (evaluate, grid)
+    "vggsounder": Setting("bool", False, "Also score on VGGSounder's multi-label, modality-tagged labels of VGGSound's "
+                                         "test clips: hit@1/5, mAP per label modality, modality confusion."),
+    "vggsounder_labels": Setting("path", None, "A VGGSounder label CSV (video_id,label,modality,background_music,"
+                                               "static_image,voice_over) instead of the one the package ships."),
     "method": Setting("str", "auto", "joblib: one head per task; vectorized: stacked heads; auto: the faster.",
                       ("auto", "joblib", "vectorized")),
+    # evaluate, predict and demo
+    "run": Setting("path", None, "A run directory (written by fuse).", exists=True),
+    "split": Setting("str", "test", "Split to score."),
+    "backbone_logits": Setting("bool", False, "Instead of a run: score the cache's own classifier outputs (a fine-tuned "
+                                              "CAV-MAE, TSM or TSAM), the mean of the per-view softmax, as the "
+                                              "backbone's reference evaluation."),
+    "backbone_labels": Setting("path", None, "With --backbone-logits: the backbone's class names, a "
+                                             "class_labels_indices.csv (index,mid,display_name) or one name per line.",
+                               exists=True),
+    "predictions": Setting("path", None, "Write clip_id, label, predicted and class probabilities as CSV."),
+    "which": Setting("str", "best", "Which saved epoch.", ("best", "last")),
+    "top_k": Setting("int", 5, "How many labels to show per video.", minimum=1),
+    "json": Setting("bool", False, "Print JSON."),
+    "workdir": Setting("path", "demo", "Where the demo's dataset, config, caches, runs and report go."),
+    "clips_per_class": Setting("int", 24, "Generated clips per class (6 classes).", minimum=4),
 }

@@ -41,6 +41,7 @@ import h5py
 import numpy as np
 
 from alphafuse.data.atomic import atomic_write_text, atomic_write_with, describe_os_error
+from alphafuse.data.files import read_regular_text
 
 from .store import CacheError, FeatureSplit, read_split, write_split
 
@@ -343,8 +344,8 @@ def _check_free_space(directory: Path, features: FeatureSplit) -> None:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
+    try:   # a FIFO or device under this name is refused (InputFileError is a ValueError), never read
+        return json.loads(read_regular_text(path, "cache part metadata"))
     except (OSError, ValueError) as exc:
         raise CacheError(f"{path}: unreadable ({' '.join(str(exc).split())}); remove the folder "
                          f"{path.parent} to start this split again") from exc

@@ -34,6 +34,7 @@ import numpy as np
 
 from alphafuse import __version__ as TOOL_VERSION  # the package's one version string
 from alphafuse.data.atomic import atomic_write_with
+from alphafuse.data.files import file_problem
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -259,8 +260,11 @@ def read_split(path: str | os.PathLike, lazy: bool | str = "auto",
     embeddings (an absent one is an error naming what the file has).
     """
     path = Path(path)
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "not found":
         raise CacheError(f"{path}: no such cache file (run the extract command for this split first)")
+    if problem is not None:     # a FIFO, device or folder is refused, never opened
+        raise CacheError(f"{path}: cache file {problem}")
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("schema_version", -1))

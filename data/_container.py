@@ -9,6 +9,7 @@ from typing import Iterator
 import av
 
 from .errors import ClipError, one_line
+from .files import file_problem
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ def av_reason(exc: BaseException) -> str:
 def open_input(path: str | Path, clip_id: str) -> Iterator[av.container.InputContainer]:
     """Open ``path`` for reading; always closed on exit. Raises ClipError with a short reason."""
     path = Path(path)
+    # A FIFO, a device, a folder or a symlink loop is one clip error, never opened (FFmpeg would
+    # block on a FIFO and read /dev/zero forever).
+    problem = file_problem(path)
+    if problem is not None:
+        raise ClipError(clip_id, f"file {problem}")
     try:
-        if not path.exists():
-            raise ClipError(clip_id, "file not found")
-        if not path.is_file():
-            raise ClipError(clip_id, "not a regular file")
         if path.stat().st_size == 0:
             raise ClipError(clip_id, "empty file")
     except OSError as exc:  # permission denied on a parent folder, broken mounts, ...

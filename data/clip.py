@@ -26,8 +26,8 @@ class LoadedClip:
 def load_inputs(path: str | Path, video_spec, audio_spec, clip_id: str | None = None, *,
                 threads: int = 0) -> LoadedClip:
     """One clip's model inputs for any specs: one demux pass for a VideoConfig and an
-    AudioConfig (load_clip), else each spec that loads its own input (data/specs.py) reads the
-    file itself. Raises ClipError for a bad clip."""
+    AudioConfig (load_clip), else each spec that loads its own input (a family's registered
+    spec, extract/registry.py register_spec) reads the file itself. Raises ClipError for a bad clip."""
     from .audio import load_fbank
     from .video import load_video
 

@@ -10,11 +10,14 @@ from torch.utils.data import Dataset, get_worker_info
 
 from .audio import AudioConfig
 from .clip import LoadedClip, load_inputs
-from .errors import ClipError, one_line
+from .errors import ClipError, unexpected_reason
 from .manifest import Clip
 from .video import VideoConfig
 
 log = logging.getLogger(__name__)
+
+# The dataset item's key of each model input slot (the input names of ``input_specs``).
+SLOT_KEYS = {"video": "video", "audio": "fbank"}
 
 
 class ClipDataset(Dataset):
@@ -69,8 +72,10 @@ class ClipDataset(Dataset):
         except MemoryError:
             raise
         except Exception as exc:  # a bug or an FFmpeg surprise must not stop an extraction run
-            log.exception("%s: unexpected error while loading %s", clip.clip_id, clip.path)
-            item["error"] = one_line(f"unexpected {type(exc).__name__}: {exc}")
+            item["error"] = unexpected_reason(exc)
+            # One line, as every clip error; the traceback only with --verbose (debug logging).
+            log.warning("%s: %s", clip.clip_id, item["error"])
+            log.debug("%s: traceback of the unexpected error loading %s", clip.clip_id, clip.path, exc_info=True)
         else:
             item.update(video=loaded.video, fbank=loaded.fbank, has_audio=loaded.has_audio)
         if item["error"] is not None:
@@ -84,6 +89,18 @@ class ClipDataset(Dataset):
     def collate(self):
         """collate_clips bound to this dataset's configs (picklable), for ``collate_fn``."""
         return functools.partial(collate_clips, video_cfg=self.video_cfg, audio_cfg=self.audio_cfg)
+
+
+def dataset_for_specs(clips: Sequence[Clip], label_names: Sequence[str], specs: dict,
+                      *, decode_threads: int | None = None) -> ClipDataset:
+    """The dataset of backbones whose inputs are ``specs`` ({slot: spec}); a slot no backbone
+    takes gets the generic default (its ``has_audio`` still comes from the audio side). Extraction
+    and ``Backbone.preprocess`` both build their dataset here, so one clip's tensors are the same."""
+    unknown = sorted(set(specs) - set(SLOT_KEYS))
+    if unknown:
+        raise ValueError(f"input slot {unknown[0]!r} is not one of {', '.join(SLOT_KEYS)}")
+    return ClipDataset(clips, label_names, specs.get("video", VideoConfig()), specs.get("audio", AudioConfig()),
+                       decode_threads=decode_threads)
 
 
 def collate_clips(items: Sequence[dict], video_cfg: VideoConfig = VideoConfig(),

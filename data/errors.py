@@ -7,6 +7,12 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def unexpected_reason(exc: BaseException) -> str:
+    """The one-line reason recorded for a clip whose loading raised something other than a
+    ClipError (a bug or an FFmpeg surprise): one clip error, never a stopped run."""
+    return one_line(f"unexpected {type(exc).__name__}: {exc}")
+
+
 class ClipError(Exception):
     """A clip that cannot be turned into model input (missing, empty, corrupt, no video, ...).
 

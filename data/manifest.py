@@ -27,6 +27,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import file_problem, read_regular_bytes
+
 log = logging.getLogger(__name__)
 
 CSV_HEADER = ("path", "label", "split")
@@ -147,6 +149,8 @@ def read_manifest(path: str | os.PathLike, *, video_root: str | os.PathLike | No
     except OSError as exc:  # e.g. a parent folder that cannot be searched
         raise ValueError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
     if not found:
+        if path.is_symlink():     # a dangling link or a symlink loop: say which
+            raise ValueError(f"{path}: manifest {file_problem(path)}")
         raise FileNotFoundError(f"manifest not found: {path}")
     if layout == "auto":
         layout = _detect_layout(path)
@@ -192,13 +196,11 @@ def _csv_rows(path: Path):
 
 def _read_text(path: Path) -> str:
     """The manifest as text (UTF-8, optional BOM); every failure a one-line ValueError."""
-    try:
-        blob = path.read_bytes()
-    except IsADirectoryError:
+    if path.is_dir():
         raise ValueError(f"{path}: is a folder, not a CSV manifest (read a folder of class folders "
-                         "with layout='folders' or 'auto')") from None
-    except OSError as exc:  # permission denied, I/O error, a broken mount
-        raise ValueError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+                         "with layout='folders' or 'auto')")
+    # A FIFO or a device is refused, not read (it would block or never end).
+    blob = read_regular_bytes(path, "manifest")
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -1,5 +1,11 @@
 """Temporal sampling rules: which frames of a clip a backbone sees, by name.
 
+This module is the registry and the generic rule ("uniform"); a backbone family registers its
+reference protocol's rules in its own file of extract/ (timesformer_window and
+timesformer_pyav in extract/timesformer.py, cavmae in extract/cavmae_inputs.py, tsn in
+extract/tsm.py). A name not registered yet loads the families once (:func:`_load_families`),
+so ``VideoConfig(sampling="cavmae")`` works from data/ alone, as a cache's spec does.
+
 A rule maps the clip's frame count (and frame rate, for rules defined in seconds) to the
 indices of the frames to feed, in display order. Rules are registered by name so that a
 backbone's spec (``VideoConfig.sampling`` plus ``VideoConfig.sampling_options``) can ask for
@@ -23,13 +29,15 @@ data/video.py (metadata frame counts are wrong for variable-rate clips and for m
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -74,12 +82,47 @@ def register_sampling(name: str, *, help: str = ""):
     return decorator
 
 
+def _load_families() -> None:
+    """Import extract/, whose family files register their rules (once; a no-op afterwards)."""
+    importlib.import_module("alphafuse.extract")
+
+
 def get_sampling(name: str) -> SamplingRule:
+    if name not in SAMPLINGS:
+        _load_families()
     try:
         return SAMPLINGS[name]
     except KeyError:
         raise ValueError(f"unknown sampling rule {name!r}; registered: "
                          f"{', '.join(sorted(SAMPLINGS))}") from None
+
+
+# The frames a decoder chose for the clip being loaded, for ``Backbone.preprocess(with_info=True)``:
+# the sampling functions report here as they pick, so no second pass can disagree with decoding.
+_RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("alphafuse_frames", default=None)
+
+
+@contextlib.contextmanager
+def recording_frames():
+    """Within this block, the list it yields holds the 0-based frame positions the last pick
+    chose (every temporal view, in order). A decoder that recounts and picks again replaces them."""
+    frames: list[int] = []
+    token = _RECORDING.set(frames)
+    try:
+        yield frames
+    finally:
+        _RECORDING.reset(token)
+
+
+def note_frames(indices, view: int = 0) -> None:
+    """Report picked frame positions (0-based) to an active :func:`recording_frames`; view 0
+    starts a new pick. Sampling functions outside the registry (data/tsn.py) call this too."""
+    frames = _RECORDING.get()
+    if frames is None:
+        return
+    if view == 0:
+        frames.clear()
+    frames.extend(int(i) for i in indices)
 
 
 def check_sampling_options(name: str, options: dict) -> dict:
@@ -118,10 +161,12 @@ def sample_frames(name: str, num_available: int, num_frames: int, *, fps: float 
     if len(indices) != num_frames or not all(0 <= i < num_available for i in indices):
         raise ValueError(f"sampling rule {name!r} gave {len(indices)} indices {indices[:12]} for "
                          f"{num_frames} frames out of {num_available}")
+    note_frames(indices, view)
     return indices
 
 
-def _one_view(name: str, num_views: int) -> None:
+def check_single_view(name: str, num_views: int) -> None:
+    """For rules of one temporal view: refuse ``num_views > 1`` naming the rule."""
     if num_views != 1:
         raise ValueError(f"sampling rule {name!r} has a single temporal view, got num_views={num_views}")
 
@@ -135,88 +180,5 @@ def uniform(num_available, num_frames, *, fps=None, view=0, num_views=1):
     """``rint(linspace(0, n - 1, T))`` over the whole clip, first and last frame included
     (half to even, as ``numpy.rint``); repeats frames of a clip shorter than T. alphafuse's
     default (one view): it sees the whole 10 s VGGSound clip."""
-    _one_view("uniform", num_views)
+    check_single_view("uniform", num_views)
     return np.rint(np.linspace(0, num_available - 1, num_frames)).astype(np.int64).tolist()
-
-
-@register_sampling("timesformer_window")
-def timesformer_window(num_available, num_frames, *, fps, view=0, num_views=1,
-                       sampling_rate=32, target_fps=30):
-    """TimeSformer's test-time window (timesformer/datasets/decoder.py): a window of
-    ``clip_size = sampling_rate * num_frames / target_fps * fps`` frames placed by
-    ``get_start_end_idx(n, clip_size, view, num_views)`` (start ``max(n - clip_size, 0) * view
-    / num_views``, end ``start + clip_size - 1``), then ``temporal_sampling``: ``T`` points of
-    ``torch.linspace(start, end, T)`` (float32), clamped to ``[0, n - 1]``, truncated by
-    ``.long()``. Defaults: DATA.SAMPLING_RATE 32 and DATA.TARGET_FPS 30 of
-    configs/Kinetics/TimeSformer_divST_8x32_224.yaml (8 frames over 8.53 s)."""
-    clip_size = sampling_rate * num_frames / target_fps * fps
-    delta = max(num_available - clip_size, 0)
-    start = delta * view / num_views
-    end = start + clip_size - 1
-    index = torch.linspace(start, end, num_frames)
-    return torch.clamp(index, 0, num_available - 1).long().tolist()
-
-
-@register_sampling("timesformer_pyav")
-def timesformer_pyav(num_available, num_frames, *, fps, view=0, num_views=1, timing=None,
-                     sampling_rate=32, target_fps=30):
-    """TimeSformer's PyAV decoding exactly (timesformer/datasets/decoder.py, ``pyav_decode`` then
-    ``decode``): the window is placed on the stream's *declared* frame count and duration:
-    ``get_start_end_idx(stream.frames, clip_size, view, num_views)``, converted to timestamps
-    with ``duration / stream.frames`` per frame (``int`` of each end); the frames shown in
-    ``[start_pts, end_pts]`` plus the next one (``pyav_decode_stream``, buffer_size 0) are
-    the decoded set, of which ``temporal_sampling`` takes ``linspace(0, clip_size - 1, T)``,
-    clamped to its length. mp4s cut with an edit list declare their pre-roll frames too, so on
-    them the window is shorter than clip_size frames. Where the reference decodes the whole
-    clip (no declared duration) or fails (no declared frame count: a division by zero; no
-    timestamps; an empty window), this is "timesformer_window" over the counted frames."""
-    if (timing is None or timing.duration is None or timing.declared_frames <= 0
-            or len(timing.frame_pts) != num_available):
-        return timesformer_window(num_available, num_frames, fps=fps, view=view, num_views=num_views,
-                                  sampling_rate=sampling_rate, target_fps=target_fps)
-    clip_size = sampling_rate * num_frames / target_fps * fps
-    start = max(timing.declared_frames - clip_size, 0) * view / num_views
-    end = start + clip_size - 1
-    per_frame = timing.duration / timing.declared_frames
-    start_pts, end_pts = int(start * per_frame), int(end * per_frame)
-    window = [i for i, pts in enumerate(timing.frame_pts) if start_pts <= pts <= end_pts]
-    after = [i for i, pts in enumerate(timing.frame_pts) if pts > end_pts][:1]
-    window += after
-    if not window:
-        return timesformer_window(num_available, num_frames, fps=fps, view=view, num_views=num_views,
-                                  sampling_rate=sampling_rate, target_fps=target_fps)
-    index = torch.clamp(torch.linspace(0, clip_size - 1, num_frames), 0, len(window) - 1).long()
-    return [window[i] for i in index.tolist()]
-
-
-@register_sampling("cavmae")
-def cavmae(num_available, num_frames, *, fps, view=0, num_views=1, seconds=10.0, extracted=10,
-           frame_use=-1):
-    """CAV-MAE's frames. Extraction (src/preprocess/extract_video_frame.py, ``extract_frame``):
-    of ``total = min(frame count, int(fps * seconds))`` frames, extracted frame ``i`` of
-    ``extracted`` is read after ``CAP_PROP_POS_FRAMES = int(i * (total / extracted)) - 1``, so
-    OpenCV returns frame ``max(int(i * (total / extracted)) - 1, 0)`` (a negative position
-    seeks to the start). With ``num_frames == extracted`` all of them; with ``num_frames == 1``
-    the one its eval dataloader reads (src/dataloader.py, ``randselect_img``): ``frame_use``,
-    where -1 means the middle one, ``int(extracted / 2)``."""
-    _one_view("cavmae", num_views)
-    total = min(num_available, int(fps * seconds))
-    frames = [max(int(i * (total / extracted)) - 1, 0) for i in range(extracted)]
-    if num_frames == extracted:
-        return frames
-    if num_frames == 1 and -1 <= frame_use < extracted:
-        return [frames[int(extracted / 2) if frame_use == -1 else frame_use]]
-    raise ValueError(f"sampling rule 'cavmae' gives all {extracted} extracted frames or one of them "
-                     f"(frame_use -1..{extracted - 1}): got num_frames={num_frames}, "
-                     f"frame_use={frame_use}")
-
-
-@register_sampling("tsn")
-def tsn(num_available, num_frames, *, fps=None, view=0, num_views=1):
-    """TSN/TSM's single-clip test sampling (temporal-shift-module ops/dataset.py,
-    ``TSNDataSet._get_test_indices`` with new_length 1): the centre of each of T equal
-    segments, ``int(tick / 2 + tick * i)`` with ``tick = n / T`` (the reference's 1-based
-    image numbers minus one)."""
-    _one_view("tsn", num_views)
-    tick = num_available / float(num_frames)
-    return [int(tick / 2.0 + tick * i) for i in range(num_frames)]

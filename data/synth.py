@@ -5,6 +5,7 @@
     write_clip("c.mkv", frame_times=[0, .04, .2, .21, .5])  # variable frame rate
     write_clip("d.mp4", video=False)                        # audio only
     write_clip("e.mp4", frame_fn=lambda i: frames[i], audio_fn=lambda t: np.sin(880 * t))
+    write_clip("f.mp4", colorspace="bt709")                 # YUV coded and tagged as BT.709
 
 The container comes from the suffix (or ``container_format``), the codecs from the container
 (or ``video_codec`` / ``audio_codec``).
@@ -38,6 +39,8 @@ CONTAINER_DEFAULTS = {
 CHANNEL_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 # Sample rates libopus accepts (webm's default audio codec).
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# colorspace= -> (the stream's tag, FFmpeg's AVColorSpace; swscale's matrix for RGB -> YUV).
+COLORSPACES = {"bt709": (1, "ITU709"), "bt601": (6, "ITU601")}
 # Encoder options that keep tests fast and quiet; B-frames stay on (x264 veryfast has them),
 # so decoding exercises frame reordering like real clips do.
 DEFAULT_VIDEO_OPTIONS = {
@@ -77,9 +80,10 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
                container_format: str | None = None, video_codec: str | None = None,
                audio_codec: str | None = None, pix_fmt: str | None = None,
                video_options: dict | None = None, container_options: dict | None = None,
-               frame_times: Sequence[float] | None = None,
+               frame_times: Sequence[float] | None = None, colorspace: str | None = None,
                frame_fn: Callable[[int], np.ndarray] | None = None,
-               audio_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+               audio_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+               audio_duration: float | None = None) -> Path:
     """Write a test clip; returns its path.
 
     ``size`` is (width, height). ``channels``: a count (1, 2, 6) or an FFmpeg layout name.
@@ -88,7 +92,10 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
     (height, width, 3) (default :func:`moving_pattern`); ``audio_fn(t)`` maps sample times in
     seconds to samples, (n,) for every channel or (channels, n) (default :func:`chord`).
     ``video_options`` go to the video encoder, ``container_options`` to the muxer (e.g.
-    ``{"movflags": "faststart"}``).
+    ``{"movflags": "faststart"}``). ``colorspace`` ("bt709", "bt601"): the frames are converted
+    to YUV with that matrix (limited range) and the stream is tagged with it (matrix, primaries,
+    transfer, range); None: swscale's default BT.601, untagged. ``audio_duration``: seconds of
+    sound when it is not the video's ``duration`` (20 ms of audio beside a second of video).
     """
     path = Path(path)
     if not (video or audio):
@@ -107,19 +114,27 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 25,
         raise ValueError(f"libopus (webm's audio codec) cannot encode {sample_rate} Hz; use one of "
                          f"{OPUS_RATES} or pass audio_codec=")
     times = _frame_times(duration, fps, frame_times)
+    if colorspace is not None and colorspace not in COLORSPACES:
+        raise ValueError(f"colorspace must be one of {', '.join(COLORSPACES)} or None, got {colorspace!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format=container_format, options=container_options or {}) as out:
         vstream = astream = None
         if video:
             vstream = _add_video_stream(out, video_codec, width, height, fps, pix_fmt,
                                         video_options, variable=frame_times is not None)
+            if colorspace is not None:
+                context = vstream.codec_context
+                context.colorspace = context.color_primaries = context.color_trc = COLORSPACES[colorspace][0]
+                context.color_range = 1   # AVCOL_RANGE_MPEG: limited
         if audio:
             astream = out.add_stream(audio_codec, rate=sample_rate, layout=layout)
         if vstream is not None:
             frame_fn = frame_fn or functools.partial(moving_pattern, width=width, height=height)
-            _write_video(out, vstream, frame_fn, times, width, height)
+            _write_video(out, vstream, frame_fn, times, width, height,
+                         None if colorspace is None else COLORSPACES[colorspace][1])
         if astream is not None:
-            n = max(1, int(round(duration * sample_rate)))
+            seconds = duration if audio_duration is None else audio_duration
+            n = max(1, int(round(seconds * sample_rate)))
             _write_audio(out, astream, audio_fn, n, sample_rate, layout)
     return path
 
@@ -152,7 +167,8 @@ def _add_video_stream(out, codec: str, width: int, height: int, fps: float,
     return stream
 
 
-def _write_video(out, stream, frame_fn, times: list[float], width: int, height: int) -> None:
+def _write_video(out, stream, frame_fn, times: list[float], width: int, height: int,
+                 matrix: str | None = None) -> None:
     time_base = stream.codec_context.time_base
     for i, t in enumerate(times):
         pixels = np.asarray(frame_fn(i))
@@ -160,6 +176,8 @@ def _write_video(out, stream, frame_fn, times: list[float], width: int, height: 
             raise ValueError(f"frame_fn({i}) must return uint8 ({height}, {width}, 3), "
                              f"got {pixels.dtype} {pixels.shape}")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+        if matrix is not None:   # the encoder would convert with BT.601 whatever the tag
+            frame = frame.reformat(format=stream.pix_fmt, dst_colorspace=matrix, dst_color_range="MPEG")
         frame.pts = int(round(t / time_base))
         frame.time_base = time_base
         for packet in stream.encode(frame):

@@ -2,7 +2,7 @@
 
 Both references read JPEG frames that FFmpeg wrote beforehand, numbered from 1
 (``img_00001.jpg`` / ``000001.jpg``); the sampling rules below return those 1-based numbers,
-so frame number ``k`` is the ``k - 1``-th decoded frame.
+so image number ``k`` is the ``k - 1``-th image ffmpeg wrote.
 
 * TSM (mit-han-lab/temporal-shift-module): ``tools/vid2img_kinetics.py`` writes every frame
   scaled to height 331; ``ops/dataset.py`` ``TSNDataSet._get_test_indices`` picks one frame per
@@ -14,13 +14,16 @@ so frame number ``k`` is the ``k - 1``-th decoded frame.
   it to 224x224 (torchvision, bilinear with antialiasing) on ``ToTensor`` output in [0, 1].
 
 Extraction here decodes with PyAV and runs FFmpeg's own ``scale`` (and ``fps``) filters through
-libavfilter, as the ffmpeg command lines do. What differs from the references, and why:
-the frames are not written to and read back from JPEG (``-q:v 0`` is near-lossless; PyAV could
-encode them, but PIL's decoding of FFmpeg's full-range JPEG would still differ from swscale's
-YUV->RGB in chroma upsampling), so pixels differ by a few levels of 255; ffmpeg's CLI rotates
-phone videos by their display matrix and, writing images, forces a constant frame rate on
-variable-frame-rate input, neither of which is done here (the frame count of TSM is the number
-of decoded frames; TSAM's fps filter makes the count exact).
+libavfilter, as the ffmpeg command lines do, ended by the mjpeg encoder's pixel formats as
+ffmpeg's CLI ends them. Colours: the JPEGs keep the stream's YUV (BT.709-coded on tagged
+clips), widened to full range, and Pillow reads them with BT.601, so that is the conversion
+here (data/colour.py, ``yuv_matrix="bt601"``). Image count: ffmpeg writes images at a constant
+frame rate, repeating a frame after a timestamp gap (at a clip's end too) and dropping frames
+that come too early; TSM's images are numbered by that rule (data/vsync.py), TSAM's by the
+``fps`` filter's output. What still differs from the references, and why: the frames are not
+written to and read back from JPEG (``-q:v 0`` is near-lossless, and libjpeg's chroma
+upsampling differs from swscale's), so pixels differ by a couple of levels of 255; ffmpeg's
+CLI rotates phone videos by their display matrix, which is not done here.
 """
 from __future__ import annotations
 
@@ -34,11 +37,15 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from ._container import av_reason, clip_id_for, find_video_stream, open_input
+from ._container import clip_id_for, find_video_stream, open_input
+from .colour import check_yuv_matrix, frame_to_rgb
 from .errors import ClipError
+from .sampling import note_frames
+from .vsync import cfr_frame_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_UNSPECIFIED = 2   # FFmpeg's AVCOL_SPC_UNSPECIFIED
 
 
 def _positive(name: str, value) -> int:
@@ -67,12 +74,12 @@ def tsn_test_indices(num_frames: int, num_segments: int, new_length: int = 1,
         sample_pos = max(1, 1 + n - 64)
         stride = 64 // t
         starts = np.linspace(0, sample_pos - 1, num=10, dtype=int).tolist()
-        return [(k * stride + s) % n + 1 for s in starts for k in range(t)]
+        return _noted([(k * stride + s) % n + 1 for s in starts for k in range(t)])
     tick = (n - new_length + 1) / float(t)
     offsets = [int(tick / 2.0 + tick * k) for k in range(t)]
     if twice_sample:
         offsets += [int(tick * k) for k in range(t)]
-    return [o + 1 for o in offsets]
+    return _noted([o + 1 for o in offsets])
 
 
 def tsn_val_indices(num_frames: int, num_segments: int, new_length: int = 1) -> list[int]:
@@ -103,7 +110,13 @@ def tsam_validation_indices(num_frames: int, num_segments: int, k_frames: int = 
         i = half if i < half else i       # the reference applies the two clamps in this order
         i = n - half - 1 if i > n - 1 - half else i
         out.append(i + 1)
-    return out
+    return _noted(out)
+
+
+def _noted(numbers: list[int]) -> list[int]:
+    """1-based frame numbers, reported 0-based to ``Backbone.preprocess(with_info=True)``."""
+    note_frames([k - 1 for k in numbers])
+    return numbers
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,9 +216,16 @@ def _decoded(container, stream):
 
 
 class _Filter:
-    """An FFmpeg filter chain (``"scale=-1:331"``, ``"fps=10,scale=-1:256"``) run by libavfilter."""
+    """An FFmpeg filter chain (``"scale=-1:331"``, ``"fps=10,scale=-1:256"``) run by libavfilter.
 
-    def __init__(self, stream, chain: str):
+    ``untag``: frames enter without their matrix tag. libavfilter 11's ``scale`` converts YUV
+    from the frame's tagged matrix to its output link's (BT.601 here, as the buffer source is
+    untagged); ffmpeg 5.1's swscale never converted between YUV matrices, so its JPEGs keep the
+    stream's YUV values, only widened to full range.
+    """
+
+    def __init__(self, stream, chain: str, untag: bool = False):
+        self.untag = untag
         self.graph = av.filter.Graph()
         node = self.graph.add_buffer(template=stream)
         for item in chain.split(","):
@@ -218,6 +238,8 @@ class _Filter:
 
     def __call__(self, frame) -> list:
         """Push a frame (None: end of stream) and return what comes out."""
+        if self.untag and frame is not None:
+            frame.colorspace = _UNSPECIFIED
         self.graph.push(frame)
         out = []
         while True:
@@ -227,72 +249,102 @@ class _Filter:
                 return out
 
 
-def _to_rgb(frame, clip_id: str) -> np.ndarray:
-    try:
-        return frame.to_ndarray(format="rgb24")
-    except (av.FFmpegError, ValueError) as exc:
-        raise ClipError(clip_id, f"cannot convert video frames to RGB: {av_reason(exc)}") from None
+# ffmpeg's mjpeg encoder takes these formats (fftools/ffmpeg_filter.c
+# get_compliance_normal_pix_fmts): its CLI ends the filter chain with them, and the scale
+# filter widens the limited range into them without touching the matrix.
+_JPEG_FORMATS = "format=yuvj420p|yuvj422p|yuvj444p"
+
+
+def _filter(stream, filters: str, yuv_matrix: str) -> _Filter:
+    """The references' filter chain. "bt601": as ffmpeg's CLI runs it for JPEGs (ended by the
+    encoder's formats, the stream's YUV kept), for Pillow's BT.601 to read; "stream": the chain
+    alone, which converts tagged frames to BT.601 YUV, read back with that same matrix."""
+    if yuv_matrix == "bt601":
+        return _Filter(stream, f"{filters},{_JPEG_FORMATS}", untag=True)
+    return _Filter(stream, filters)
+
+
+def _image_sources(container, stream, timestamps: list) -> list[int]:
+    """The decoded frame each of TSM's images shows: data/vsync.py's rule for ffmpeg's CFR
+    output; one image per frame when a frame has no timestamp to place it by."""
+    if any(t is None for t in timestamps):
+        return list(range(len(timestamps)))
+    return cfr_frame_map(timestamps, stream.time_base, stream.guessed_rate, container.start_time,
+                         single_stream=len(container.streams) == 1)
 
 
 def decode_tsm_frames(path: str | Path, num_segments: int = 8, height: int = 331, clip_id: str | None = None,
-                      threads: int = 0, twice_sample: bool = False, dense: bool = False) -> list[np.ndarray]:
+                      threads: int = 0, twice_sample: bool = False, dense: bool = False,
+                      yuv_matrix: str = "bt601") -> list[np.ndarray]:
     """The frames TSM's test reads for one clip: uint8 RGB (H, W, 3) in sampling order.
 
-    ``tools/vid2img_kinetics.py`` (``ffmpeg -vf scale=-1:331``, every frame) numbers the frames;
-    :func:`tsn_test_indices` over their count picks them; only the picked ones are scaled
-    (FFmpeg's ``scale`` filter, per frame). The count is first taken from the packets and, if
-    decoding yields a different number of frames, the clip is decoded again with the real one.
+    ``tools/vid2img_kinetics.py`` (``ffmpeg -vf scale=-1:331 -q:v 0 img_%05d.jpg``) numbers
+    the images ffmpeg writes: every decoded frame, placed on a constant-frame-rate grid by its
+    timestamp, so a frame after a gap is written twice (data/vsync.py). :func:`tsn_test_indices`
+    over the image count picks images; only the decoded frames they show are scaled (FFmpeg's
+    ``scale`` filter, per frame) and converted to RGB (``yuv_matrix``, data/colour.py: "bt601"
+    is what Pillow makes of ffmpeg's JPEGs). The timestamps are first taken from the packets
+    and, if decoding yields other frames, the clip is decoded again with the real ones.
     """
     clip_id = clip_id_for(path, clip_id)
+    check_yuv_matrix("yuv_matrix", yuv_matrix)
     with open_input(path, clip_id) as container:
         stream = _video_stream(container, clip_id, threads)
-        count = sum(1 for p in container.demux(stream) if p.size and not p.is_discard)
+        shown = [p.pts for p in container.demux(stream) if p.size and not p.is_discard]
+    timestamps = sorted(shown) if None not in shown else shown
     for _ in range(2):
-        numbers = tsn_test_indices(count, num_segments, twice_sample=twice_sample, dense=dense) if count else []
-        wanted = {k - 1 for k in numbers}
-        got, decoded = {}, 0
         with open_input(path, clip_id) as container:
             stream = _video_stream(container, clip_id, threads)
-            scale = _Filter(stream, f"scale=-1:{height}")
+            sources = _image_sources(container, stream, timestamps) if timestamps else []
+            numbers = tsn_test_indices(len(sources), num_segments, twice_sample=twice_sample,
+                                       dense=dense) if sources else []
+            wanted = {sources[k - 1] for k in numbers}
+            scale = _filter(stream, f"scale=-1:{height}", yuv_matrix)
+            got, decoded = {}, []
             for i, frame in enumerate(_decoded(container, stream)):
                 if i in wanted:
-                    got[i] = _to_rgb(scale(frame)[0], clip_id)
-                decoded = i + 1
-        if decoded == 0:
+                    got[i] = frame_to_rgb(scale(frame)[0], clip_id, yuv_matrix)
+                decoded.append(frame.pts)
+        if not decoded:
             raise ClipError(clip_id, "no decodable video frames")
-        if decoded == count:
-            return [got[k - 1] for k in numbers]
-        count = decoded
-    raise ClipError(clip_id, "video decoding gave a different frame count on each pass")
+        if decoded == timestamps:
+            return [got[sources[k - 1]] for k in numbers]
+        timestamps = decoded
+    raise ClipError(clip_id, "video decoding gave different frames on each pass")
 
 
 def decode_tsam_frames(path: str | Path, num_segments: int = 16, fps: int = 10, height: int = 256,
-                       clip_id: str | None = None, threads: int = 0) -> list[np.ndarray]:
+                       clip_id: str | None = None, threads: int = 0,
+                       yuv_matrix: str = "bt601") -> list[np.ndarray]:
     """The frames TSAM's validation reads for one clip: uint8 RGB (H, W, 3) in sampling order.
 
-    ``video2frames.py`` (``ffmpeg -vf "scale=-1:256,fps=10"``) through libavfilter (``fps``
-    first: it only picks frames, and scaling fewer is cheaper; the output is the same), then
-    :func:`tsam_validation_indices` over the number of frames the filter gave.
+    ``video2frames.py`` (``ffmpeg -vf "scale=-1:256,fps=10" -q:v 0``) through libavfilter
+    (``fps`` first: it only picks frames, and scaling fewer is cheaper; the output is the same),
+    then :func:`tsam_validation_indices` over the number of frames the filter gave, converted to
+    RGB with ``yuv_matrix`` (data/colour.py: "bt601" is what Pillow makes of ffmpeg's JPEGs).
     """
     clip_id = clip_id_for(path, clip_id)
+    check_yuv_matrix("yuv_matrix", yuv_matrix)
     with open_input(path, clip_id) as container:
         stream = _video_stream(container, clip_id, threads)
-        chain = _Filter(stream, f"fps={fps},scale=-1:{height}")
+        chain = _filter(stream, f"fps={fps},scale=-1:{height}", yuv_matrix)
         frames = list(itertools.chain.from_iterable(chain(f) for f in _decoded(container, stream)))
         frames += chain(None)
     if not frames:
         raise ClipError(clip_id, "no decodable video frames")
-    return [_to_rgb(frames[k - 1], clip_id) for k in tsam_validation_indices(len(frames), num_segments)]
+    return [frame_to_rgb(frames[k - 1], clip_id, yuv_matrix)
+            for k in tsam_validation_indices(len(frames), num_segments)]
 
 
 def load_tsm_frames(path: str | Path, num_segments: int = 8, test_crops: int = 1, full_res: bool = False,
-                    clip_id: str | None = None, threads: int = 0) -> torch.Tensor:
+                    clip_id: str | None = None, threads: int = 0, yuv_matrix: str = "bt601") -> torch.Tensor:
     """One clip as TSM's test feeds it: (3, T, 224, 224), or (3 views, 3, T, S, S) with 3 crops."""
-    frames = decode_tsm_frames(path, num_segments, clip_id=clip_id, threads=threads)
+    frames = decode_tsm_frames(path, num_segments, clip_id=clip_id, threads=threads, yuv_matrix=yuv_matrix)
     return tsm_test_views(frames, test_crops=test_crops, full_res=full_res)
 
 
 def load_tsam_frames(path: str | Path, num_segments: int = 16, clip_id: str | None = None,
-                     threads: int = 0) -> torch.Tensor:
+                     threads: int = 0, yuv_matrix: str = "bt601") -> torch.Tensor:
     """One clip as TSAM's validation feeds it: (3, T, 224, 224) in [0, 1]."""
-    return tsam_frame_tensor(decode_tsam_frames(path, num_segments, clip_id=clip_id, threads=threads))
+    return tsam_frame_tensor(decode_tsam_frames(path, num_segments, clip_id=clip_id, threads=threads,
+                                                yuv_matrix=yuv_matrix))

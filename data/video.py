@@ -23,7 +23,7 @@ for each one, from the last keyframe that precedes it in both decode and display
 its own packet. Packets in between that nothing needs are skipped (the in-memory equivalent of
 seeking to a keyframe), and for codecs that honour it, non-reference frames that are not sampled
 are dropped by the decoder (``skip_frame=NONREF``), which cannot change any other frame. Only
-the sampled frames are converted to RGB. If that plan misses a frame (timestamps absent or
+the sampled frames are converted to RGB (with ``cfg.yuv_matrix``, data/colour.py). If that plan misses a frame (timestamps absent or
 duplicated, undecodable frames), the clip is decoded in full and the sampled frames are picked
 from what actually decodes, so the result always equals "decode every frame, pick the indices".
 
@@ -43,7 +43,8 @@ import av
 import numpy as np
 import torch
 
-from ._container import av_reason, clip_id_for, find_video_stream, open_input
+from ._container import clip_id_for, find_video_stream, open_input
+from .colour import frame_to_rgb
 from .errors import ClipError
 from .sampling import StreamTiming, get_sampling, sample_frames
 from .spatial import assemble_views, frame_views
@@ -289,11 +290,7 @@ def decode_sampled_frames(path: Path, stream, index: PacketIndex, cfg: VideoConf
     """
     if convert is None:
         def convert(frame):
-            try:
-                rgb = frame.to_ndarray(format="rgb24")
-            except (av.FFmpegError, ValueError) as exc:
-                raise ClipError(clip_id, f"cannot convert video frames to RGB: {av_reason(exc)}") from None
-            return frame_views(rgb, cfg)
+            return frame_views(frame_to_rgb(frame, clip_id, cfg.yuv_matrix), cfg)
     if not index.pts:
         raise ClipError(clip_id, "no decodable video frames (the video stream has no packets)")
     codec_context = stream.codec_context

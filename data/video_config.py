@@ -6,6 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .colour import check_yuv_matrix
 from .sampling import check_sampling_options, sample_frames
 from .spatial import INTERPOLATIONS, RESIZE_BACKENDS
 
@@ -30,6 +31,9 @@ class VideoConfig:
       quality (CAV-MAE's frames are JPEG files written at Pillow's default, 75), None: none.
     * ``sampling`` / ``sampling_options``: a rule of data/sampling.py and its options.
     * ``mean`` (0, 0, 0) with ``std`` (1, 1, 1) gives plain ``[0, 1]`` pixels (TSAM).
+    * ``yuv_matrix``: how decoded YUV becomes RGB (data/colour.py): "stream", the stream's
+      tagged matrix (PyAV's conversion: TimeSformer), or "bt601" whatever the tag (OpenCV 4.6:
+      CAV-MAE's frame extraction).
     * ``temporal_views``: K clips of ``num_frames`` each, the sampling rule's views 0..K-1
       (TimeSformer's TEST.NUM_ENSEMBLE_VIEWS, TSAM's "16 x 10 clips"); with S spatial crops a
       clip gives K * S views, temporal-major (view k * S + s).
@@ -47,6 +51,7 @@ class VideoConfig:
     sampling: str = "uniform"
     sampling_options: tuple = ()  # given as a dict; kept as sorted (name, value) pairs (hashable)
     temporal_views: int = 1
+    yuv_matrix: str = "stream"
 
     def __post_init__(self):
         for name in ("num_frames", "img_size", "temporal_views"):
@@ -75,6 +80,7 @@ class VideoConfig:
         if self.resize_backend == "pil" and self.spatial_crops != 1:
             raise ValueError("VideoConfig.spatial_crops=3 needs resize_backend='torch' "
                              "(the pil backend is torchvision's CenterCrop)")
+        check_yuv_matrix("VideoConfig.yuv_matrix", self.yuv_matrix)
         if self.jpeg_quality is not None:
             _set(self, "jpeg_quality", _positive_int("jpeg_quality", self.jpeg_quality))
             if self.jpeg_quality > 100 or self.resize_backend != "pil":
@@ -115,8 +121,9 @@ class VideoConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "VideoConfig":
         """Inverse of ``to_dict``. A dict written before ``resize``, ``interpolation``,
-        ``resize_backend``, ``jpeg_quality`` and ``sampling`` existed gets their defaults, which
-        are what that version did (uniform sampling, the img_size short side, bilinear)."""
+        ``resize_backend``, ``jpeg_quality``, ``sampling`` and ``yuv_matrix`` existed gets their
+        defaults, which are what that version did (uniform sampling, the img_size short side,
+        bilinear, the stream's matrix)."""
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"VideoConfig has no field {', '.join(unknown)}")

@@ -22,7 +22,8 @@ A clip of F frames (``frame`` of shape (B, F, 3, 224, 224), as the reference's 1
 evaluation) runs the audio stream ONCE and reuses its tokens: the video stream runs per frame,
 and ``joint`` is F runs of ``blocks_u`` on cat(audio stream tokens, frame f's stream tokens).
 
-Input pipeline (:data:`PREPROCESSING`; the reference files and functions, in order):
+Input pipeline (:data:`PREPROCESSING`, its specs and frame rule in extract/cavmae_inputs.py; the
+reference files and functions, in order):
 
 * audio, src/preprocess/extract_audio.py: ``ffmpeg -i VIDEO -vn -ar 16000 X_intermediate.wav``
   (all channels kept, ffmpeg's default resampler, 16-bit PCM), then ``sox ... remix 1``: the
@@ -35,7 +36,8 @@ Input pipeline (:data:`PREPROCESSING`; the reference files and functions, in ord
 * frames, src/preprocess/extract_video_frame.py ``extract_frame``: OpenCV; N = min(frame count,
   int(fps * 10)), the first 10 s; frame i in 0..9 is read after
   ``set(CAP_PROP_POS_FRAMES, int(i * (N / 10)) - 1)``, i.e. 0-based frame max(int(i * N / 10) - 1, 0)
-  (OpenCV seeks -1 to 0); BGR to RGB; torchvision ``Resize(224)`` (shorter side, PIL bilinear)
+  (OpenCV seeks -1 to 0); YUV to BGR with the BT.601 matrix whatever the stream's tag (OpenCV
+  4.6, pinned by requirements_a5.txt; data/colour.py); BGR to RGB; torchvision ``Resize(224)`` (shorter side, PIL bilinear)
   and ``CenterCrop(224)``; ``save_image``: uint8 by x * 255 + 0.5, a JPEG at PIL's default
   quality 75. src/dataloader.py ``AudiosetDataset.preprocess``: ``Resize(224, BICUBIC)`` and
   ``CenterCrop(224)`` of the stored 224 x 224 JPEG (identities at that size), ``ToTensor``,
@@ -56,8 +58,7 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from alphafuse.data import AudioConfig, VideoConfig
-
+from .cavmae_inputs import IMG_SIZE, PREPROCESSING, cavmae_input_specs
 from .checkpoint import CheckpointError, build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone
 
@@ -71,55 +72,11 @@ ARCHS = {
     "tiny": dict(embed_dim=64, specific_depth=2, unified_depth=1, num_heads=2),
 }
 NUM_MEL_BINS = 128
-IMG_SIZE = 224
 PATCH = 16
 CLASSIFY_MODES = ("multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly")
 # Keys of the pretraining class CAVMAE that are its MAE decoder, not the encoder: decoder_embed,
 # decoder_modality_{a,v}, decoder_pos_embed_{a,v}, decoder_blocks, decoder_norm, decoder_pred_{a,v}; mask_token.
 DECODER_PREFIXES = ("decoder_", "mask_token")
-
-PREPROCESSING = {
-    "audio": {
-        # src/preprocess/extract_audio.py: ffmpeg resamples (keeping every channel, 16-bit PCM wav,
-        # ffmpeg's default resampler), then sox keeps the FIRST channel: not a down-mix.
-        "extract": "ffmpeg -i {video} -vn -ar 16000 {id}_intermediate.wav && sox {id}_intermediate.wav {id}.wav remix 1",
-        "sample_rate": 16000,
-        "channel": "first (sox remix 1)",
-        "sample_format": "pcm_s16le, read by torchaudio.load as float in [-1, 1)",
-        # src/dataloader.py AudiosetDataset._wav2fbank
-        "subtract_mean": True,
-        "fbank": {"htk_compat": True, "use_energy": False, "window_type": "hanning", "num_mel_bins": 128,
-                  "dither": 0.0, "frame_shift": 10.0, "frame_length": 25.0, "other_arguments": "kaldi.fbank defaults"},
-        "target_length": 1024,          # zero rows appended at the end, or the first 1024 rows kept
-        # AudiosetDataset.__getitem__: (fbank - mean) / std, NOT AST's / (2 * std); the values are
-        # --dataset_mean/--dataset_std of egs/{audioset,vggsound}/run_cavmae_*.sh (both datasets).
-        "norm_mean": -5.081,
-        "norm_std": 4.4849,
-        "normalise": "(fbank - norm_mean) / norm_std, after padding",
-    },
-    "video": {
-        # src/preprocess/extract_video_frame.py extract_frame: OpenCV, N = min(CAP_PROP_FRAME_COUNT,
-        # int(fps * 10)) (the clip's first 10 s); frame i of 10 is the one read after
-        # set(CAP_PROP_POS_FRAMES, int(i * (N / 10)) - 1), i.e. 0-based index max(int(i * N / 10) - 1, 0).
-        "frames_per_clip": 10,
-        "frame_index": "max(int(i * (N / 10)) - 1, 0), i = 0..9, N = min(frame_count, int(fps * 10))",
-        # Then BGR->RGB, torchvision Resize(224) (shorter side, PIL bilinear), CenterCrop(224),
-        # ToTensor, save_image: uint8 via x * 255 + 0.5, JPEG by PIL at its default quality 75.
-        "extract_resize": {"size": 224, "interpolation": "bilinear", "center_crop": 224},
-        "stored_as": "JPEG, PIL quality 75",
-        # src/dataloader.py AudiosetDataset.preprocess: Resize(224, BICUBIC) + CenterCrop(224) on the
-        # stored 224x224 JPEG (both identity at that size), ToTensor, ImageNet normalisation.
-        "load_resize": {"size": 224, "interpolation": "bicubic", "center_crop": 224},
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        # AudiosetDataset.randselect_img: eval mode uses frame_use, default -1 -> frame 5 = int(10 / 2);
-        # src/run_cavmae_ft.py evaluates frames 0..9 one by one and averages softmax (accuracy) or
-        # sigmoid (mAP) outputs over them. Training draws a random frame in 0..9.
-        "eval_frame": 5,
-        "eval_multi_frame": "mean over frames 0..9 of softmax (acc) / sigmoid (mAP) of the logits",
-    },
-}
-
 
 def _norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim)  # eps 1e-5, as the reference's norm_layer=nn.LayerNorm
@@ -349,21 +306,8 @@ class CAVMAE(nn.Module):
         return shapes
 
     def input_specs(self, modality: str = "audiovisual") -> dict:
-        """The data/ specs of :data:`PREPROCESSING`: 16 kHz first channel, fbank / std; the ten
-        frames of the first 10 s, torchvision's PIL Resize(224) + CenterCrop(224), a JPEG round
-        trip at quality 75, ImageNet normalisation."""
-        audio, video = PREPROCESSING["audio"], PREPROCESSING["video"]
-        specs = {}
-        if modality != "video":
-            specs["audio"] = AudioConfig(sample_rate=audio["sample_rate"], num_mel_bins=audio["fbank"]["num_mel_bins"],
-                                         target_length=self.audio_length, norm_mean=audio["norm_mean"],
-                                         norm_std=audio["norm_std"], norm_std_scale=1.0, downmix="first")
-        if modality != "audio":
-            specs["video"] = VideoConfig(num_frames=video["frames_per_clip"], img_size=IMG_SIZE,
-                                         mean=video["mean"], std=video["std"], resize=IMG_SIZE,
-                                         interpolation="bilinear", resize_backend="pil", jpeg_quality=75,
-                                         sampling="cavmae")
-        return specs
+        """extract/cavmae_inputs.py's specs of :data:`PREPROCESSING` for this model's audio length."""
+        return cavmae_input_specs(modality, self.audio_length)
 
     def extract(self, modality: str, inputs: dict, extras: Extras = Extras()) -> dict:
         """{"audio": fbank (B, T, 128), "video": frames (B, 3, 10, 224, 224)} -> the embeddings of

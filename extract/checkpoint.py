@@ -19,7 +19,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from alphafuse.data.files import open_regular, require_file
+from alphafuse.data.memory import check_fits, module_bytes
+
 log = logging.getLogger(__name__)
+
+# Peak memory while a backbone is built, in multiples of its weights (see build_backbone).
+BUILD_PEAK = 3
 
 # Wrapper keys under which training frameworks nest the model's state dict.
 STATE_DICT_KEYS = ("model_state", "state_dict", "model")
@@ -74,12 +80,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     :func:`trusted_checkpoints`. Optimizer state, epoch counters and configs stored beside the
     weights are dropped here.
     """
-    path = Path(path)
-    if path.is_dir():   # a Hugging Face snapshot folder: its weight files (extract/hf.py reads them safely)
+    if Path(path).is_dir():   # a Hugging Face snapshot folder: its weight files (extract/hf.py reads them safely)
         from .hf import read_weights, snapshot_files
         return read_weights(snapshot_files(path)[1])
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = require_file(path, "checkpoint file", CheckpointError)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
     try:
@@ -147,6 +151,12 @@ def unwrap_state_dict(obj, source="checkpoint") -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{source}: holds no tensors (keys: {_preview(obj.keys())})")
+    # Parameter names are strings; an int or tuple key is not a model's state dict (and would
+    # break every prefix rule downstream).
+    odd = [k for k in tensors if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"{source}: not a model state dict: parameter names must be strings, found "
+                              f"{len(odd)} {type(odd[0]).__name__} key(s) ({_preview(map(repr, odd), 3)})")
     return tensors
 
 
@@ -204,11 +214,13 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def file_sha256(path: str | os.PathLike, chunk=1 << 20) -> str:
-    if Path(path).is_dir():   # a Hugging Face snapshot folder: its config and weight files (extract/hf.py)
+    """The sha256 of a checkpoint file; a FIFO or device is refused (it would never end). A folder
+    is a Hugging Face snapshot: the sha256 over its config and weight files (extract/hf.py)."""
+    if Path(path).is_dir():
         from .hf import snapshot_sha256
         return snapshot_sha256(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint file", CheckpointError) as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -226,6 +238,16 @@ def build_backbone(make: Callable[[], nn.Module], name: str, config: dict, check
     the checkpoint file, or of config and seed for random weights) and ``pretrained``.
     """
     with torch.random.fork_rng(devices=[]):
+        # Sized on the meta device first (nothing allocated): options that would need more memory
+        # than the machine has are one line naming them, not an allocator error or a killed
+        # process. Building takes up to about three times the weights at its peak (CAV-MAE's
+        # float64 sin-cos tables, initialisation copies), so that is what must fit.
+        options = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "model")
+        try:
+            weights = module_bytes(make)
+        except (RuntimeError, OverflowError) as exc:   # sizes beyond what torch can even index
+            raise ValueError(f"{name} ({options}): too large to build ({' '.join(str(exc).split())[:160]})") from None
+        check_fits(BUILD_PEAK * weights, f"{name} ({options}): building its weights")
         torch.manual_seed(seed)
         model = make()
     if checkpoint is None:

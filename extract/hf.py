@@ -289,7 +289,7 @@ class HFEncoder(nn.Module):
                              f"--{self.modality}-checkpoint {self.folder})")
 
     def input_specs(self, modality: str, spatial_crops: int = 1) -> dict:
-        from alphafuse.data.hf_processor import spec_for
+        from .hf_inputs import spec_for
 
         self._check(modality)
         if spatial_crops != 1:

@@ -6,21 +6,22 @@ timm-style: a model family lives in one file of extract/ and registers each vari
 extract/__init__.py imports every module of the package, which runs the decorators.
 
 A registered ``build(checkpoint=None, **options)`` returns a frozen, eval-mode module made by
-:func:`extract.checkpoint.build_backbone` (so it carries ``config``, ``fingerprint``,
-``pretrained``, ``checkpoint`` and ``seed``) that also provides:
+:func:`extract.checkpoint.build_backbone` that provides what :class:`Backbone` states; the
+registry adds ``backbone_name``, ``options`` and :func:`preprocess` to every module it builds.
 
-* ``input_specs(modality) -> {input name: data spec}``: the preprocessing each input needs
-  (a ``data.VideoConfig``, ``data.AudioConfig`` or another spec of data/), for the towers
-  that produce ``modality`` ("video", "audio" or "audiovisual": everything);
-* ``embedding_shapes(modality) -> {embedding name: per-clip shape}``;
-* ``embed(**inputs) -> {embedding name: (B, *shape) float tensor}``.
+A backbone owns its preprocessing: ``input_specs`` returns data/'s generic ``VideoConfig`` /
+``AudioConfig`` or a spec class its family file registers with :func:`register_spec` (as
+torchvision attaches transforms to its weights and timm a data config to each model). A cache
+records each spec's ``to_dict()`` and :func:`spec_from_dict` reads it back by its ``kind``.
 """
 from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass, field
-from typing import Callable
+import types
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 MODALITIES = ("video", "audio", "audiovisual")
 # A family whose modality depends on the checkpoint (hf: the snapshot's model type) registers as
@@ -112,6 +113,12 @@ def register_backbone(name: str, *, modality: str, help: str = "", config_reader
             model = build(*bound.args, **bound.kwargs)
             model.backbone_name = name
             model.options = {k: v for k, v in bound.arguments.items() if k != "checkpoint"}
+            # One implementation for every family (named like the attribute, so it pickles).
+            model.preprocess = types.MethodType(preprocess, model)
+            missing = [m for m in backbone_members() if not hasattr(model, m)]
+            if missing:
+                raise TypeError(f"backbone {name}: {type(model).__name__} lacks {', '.join(missing)} "
+                                "(what extract/registry.py's Backbone protocol states)")
             return model
 
         doc = help or (inspect.getdoc(build) or "").split("\n")[0]
@@ -151,6 +158,9 @@ def create_backbone(name: str, checkpoint=None, **overrides):
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, want):
             raise ValueError(f"backbone option {name}.{key} must be a {type(default).__name__} "
                              f"(like its default {default!r}), got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):   # within what a 64-bit integer holds
+            from alphafuse.settings import check_int   # here: settings imports the registry for its choices
+            check_int(value, f"backbone option {name}.{key}")
     return entry.build(checkpoint, **overrides)
 
 
@@ -172,3 +182,139 @@ def parse_option(name: str, key: str, text: str):
     except ValueError:
         raise ValueError(f"backbone option {name}.{key} must be a {type(default).__name__}, got {text!r}") from None
     return text
+
+
+# ----------------------------------------------------------------------------- what a backbone is
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What a registered backbone provides (extraction, caches, ``predict`` and the end-to-end
+    model use nothing else). ``modality`` is "video", "audio" or "audiovisual" (every tower)."""
+
+    backbone_name: str        # its registry name (set by register_backbone)
+    options: dict             # every build option, with the value it was built with
+    config: dict              # architecture and input, recorded in caches
+    fingerprint: str          # "sha256:<checkpoint file>" or "random:<config and seed>"
+    pretrained: bool
+    checkpoint: Any           # the checkpoint path it was built from, or None
+    seed: int | None
+
+    def input_specs(self, modality: str = ...) -> dict:
+        """{input name: spec}: ``VideoConfig``, ``AudioConfig`` or a registered spec (the
+        ``load(path, clip_id, threads)`` kind); a video backbone also takes ``spatial_crops``."""
+
+    def embedding_shapes(self, modality: str = ..., extras: Extras = ...) -> dict:
+        """{embedding name: per-clip shape, or {"shape", "views"[, "label_space"]}}."""
+
+    def extract(self, modality: str, inputs: dict, extras: Extras = ...) -> dict:
+        """Batched inputs {input name: (B, ...)} -> {embedding name: (B, *shape) tensor}."""
+
+    def forward_features(self, *inputs, **kwargs):
+        """The family's own feature map, before the pooling ``extract`` applies."""
+
+    def preprocess(self, path, with_info: bool = False, **kwargs):
+        """One clip's model inputs exactly as extraction feeds them (see :func:`preprocess`)."""
+
+
+def backbone_members() -> tuple[str, ...]:
+    """The attributes and methods :class:`Backbone` states (checked on every registered build)."""
+    methods = {n for n, v in vars(Backbone).items() if callable(v) and not n.startswith("_")}
+    return tuple(sorted(set(Backbone.__annotations__) | methods))
+
+
+def preprocess(model, path: str | Path, with_info: bool = False, *, modality: str | None = None,
+               clip_id: str | None = None, spatial_crops: int = 1, temporal_views: int = 1,
+               sampling: str | None = None, threads: int | None = None):
+    """``{input name: float32 tensor}`` of one clip: what extraction feeds ``model`` for ``path``.
+
+    No batch dimension; views, frames and channels in the order the model takes them; the
+    names of ``input_specs``. ``modality`` defaults to everything the backbone encodes; the
+    view options are extraction's (``--spatial-crops``, ``--temporal-views``, ``--sampling``).
+
+    With ``with_info`` it returns ``(inputs, info)``: ``info["has_audio"]`` (bool), and
+    ``info["frame_indices"]``: the 0-based positions of the frames fed, in feeding order (all
+    temporal views, view after view), within the frame sequence the family's decoder samples
+    from (the clip's shown frames; TSAM: its 10-fps resampled frames); None without video.
+
+    It cannot drift from extraction: the specs come from extraction's own choice
+    (``runner.Roles.specs``), the tensors from the same dataset item extraction's DataLoader
+    collates (``data.dataset.dataset_for_specs``), and the indices are those the sampling
+    functions reported while that item was decoded (``data.sampling.recording_frames``).
+    Raises ClipError for a clip that cannot be read.
+    """
+    from alphafuse.data import Clip, ClipError
+    from alphafuse.data.dataset import SLOT_KEYS, dataset_for_specs
+    from alphafuse.data.sampling import recording_frames
+
+    from .runner import Roles
+
+    # a family registered as "any" (hf) says on the built module what this checkpoint encodes
+    role = modality or getattr(model, "modality", None) or get_backbone(model.backbone_name).modality
+    specs = Roles({role: model}).specs(spatial_crops, temporal_views, sampling)
+    clip = Clip(clip_id or Path(path).stem, str(path), "?", "?")
+    dataset = dataset_for_specs([clip], ["?"], specs, decode_threads=threads)
+    with recording_frames() as frames:
+        item = dataset[0]
+    if item["error"] is not None:
+        raise ClipError(clip.clip_id, item["error"])
+    inputs = {slot: item[SLOT_KEYS[slot]] for slot in specs}
+    if not with_info:
+        return inputs
+    return inputs, {"frame_indices": list(frames) if "video" in specs else None,
+                    "has_audio": bool(item["has_audio"])}
+
+
+# ----------------------------------------------------------------------------- input specs
+
+class InputSpec:
+    """Base of a registered input spec: a frozen dataclass with a ``kind`` and a
+    ``load(path, clip_id, threads)`` that returns the input (audio specs: ``(tensor, has_audio)``),
+    plus ``output_shape`` (one clip) and ``views``. ``to_dict`` is what a cache records."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = {k: v for k, v in d.items() if k != "kind"}
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        return cls(**d)
+
+
+_SPECS: dict[str, type] = {}
+
+
+def register_spec(cls: type) -> type:
+    """Class decorator: make ``cls.kind`` readable from caches by :func:`spec_from_dict`. A kind
+    is forever: caches on disk name it, so a family keeps reading every kind it ever wrote."""
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"{cls.__name__} needs a class attribute kind (a non-empty string)")
+    if kind in _SPECS and _SPECS[kind].__qualname__ != cls.__qualname__:
+        raise ValueError(f"input spec kind {kind!r} is registered twice")
+    _SPECS[kind] = cls
+    return cls
+
+
+def spec_kinds() -> list[str]:
+    return sorted(_SPECS)
+
+
+def spec_from_dict(slot: str, d: dict):
+    """The spec a cache recorded for input ``slot`` ("video" or "audio"). A dict without ``kind``
+    is data/'s generic VideoConfig or AudioConfig (what every cache before kinds wrote)."""
+    from alphafuse.data import AudioConfig, VideoConfig
+
+    if "kind" in d:
+        try:
+            return _SPECS[d["kind"]].from_dict(d)
+        except KeyError:
+            raise ValueError(f"unknown input spec kind {d['kind']!r}; registered: "
+                             f"{', '.join(spec_kinds())}") from None
+    if slot not in ("video", "audio"):
+        raise ValueError(f"input slot {slot!r} has no kind and is not video or audio")
+    return VideoConfig.from_dict(d) if slot == "video" else AudioConfig.from_dict(d)

@@ -22,7 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from alphafuse.cache import SplitWriter, source_stamp
-from alphafuse.data import AudioConfig, ClipDataset, Manifest, VideoConfig
+from alphafuse.data import Manifest, VideoConfig
+from alphafuse.data.dataset import dataset_for_specs
+from alphafuse.data.memory import check_fits
 
 from .checkpoint import describe
 from .registry import Extras
@@ -187,6 +189,7 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
 
     clips = manifest.split(split)[:limit] if limit else manifest.split(split)
     specs = roles.specs(spatial_crops, temporal_views, sampling)
+    check_input_fits(roles, specs, batch_size, workers)
     meta = cache_signature(split, manifest.label_names, roles, specs, extras, precision)
     label_index = {name: i for i, name in enumerate(manifest.label_names)}
     writer = SplitWriter(cache_dir, split, meta, [(c.clip_id, label_index[c.label], source_stamp(c.path)) for c in clips],
@@ -196,6 +199,22 @@ def extract_split(manifest: Manifest, split: str, cache_dir, video_model=None, a
                     batch_size, workers, precision, shard, on_batch)
     finally:
         writer.close()
+
+
+def check_input_fits(roles: Roles, specs: dict, batch_size: int, workers: int) -> None:
+    """Refuse, before any clip is decoded, options whose input batches the machine cannot hold:
+    each float32 batch, as many as are in flight (the one embedded, one per loader worker)."""
+    import math
+
+    per_clip = sum(math.prod(spec.output_shape) for spec in specs.values()) * 4
+    in_flight = batch_size * (1 + workers)
+    shapes = ", ".join(f"{slot} {tuple(spec.output_shape)}" for slot, spec in specs.items())
+    options = "; ".join(f"{getattr(m, 'backbone_name', role)} " + ", ".join(f"{k}={v!r}" for k, v in
+                                                                               getattr(m, "options", {}).items()
+                                                                               if k not in ("seed", "arch"))
+                        for role, m in roles.items())
+    check_fits(per_clip * in_flight, f"input of {options} with batch_size={batch_size} and workers={workers} "
+                                     f"({in_flight} clips in flight of {shapes} each)")
 
 
 def _run(writer, mine, manifest, split, roles, specs, info, extras, dev, batch_size, workers, precision, shard,
@@ -209,7 +228,7 @@ def _run(writer, mine, manifest, split, roles, specs, info, extras, dev, batch_s
 
     for model in roles.values():
         model.to(dev)
-    dataset = ClipDataset(todo, manifest.label_names, specs.get("video", VideoConfig()), specs.get("audio", AudioConfig()))
+    dataset = dataset_for_specs(todo, manifest.label_names, specs)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=dataset.collate,
                         pin_memory=dev.type == "cuda",
                         worker_init_fn=_quiet_worker, persistent_workers=False)

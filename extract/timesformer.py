@@ -21,6 +21,7 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from alphafuse.data import VideoConfig
+from alphafuse.data.sampling import register_sampling
 
 from .checkpoint import CheckpointError, build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone
@@ -41,6 +42,59 @@ _norm = partial(nn.LayerNorm, eps=1e-6)
 # timesformer/datasets/utils.py tensor_normalize applies them); frame count and size come from
 # the model's num_frames and img_size.
 PREPROCESSING = dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+
+
+# TimeSformer's temporal sampling rules (data/sampling.py is their registry; VideoConfig(sampling=...)
+# and --sampling name them; the default stays alphafuse's "uniform").
+
+@register_sampling("timesformer_window")
+def timesformer_window(num_available, num_frames, *, fps, view=0, num_views=1,
+                       sampling_rate=32, target_fps=30):
+    """TimeSformer's test-time window (timesformer/datasets/decoder.py): a window of
+    ``clip_size = sampling_rate * num_frames / target_fps * fps`` frames placed by
+    ``get_start_end_idx(n, clip_size, view, num_views)`` (start ``max(n - clip_size, 0) * view
+    / num_views``, end ``start + clip_size - 1``), then ``temporal_sampling``: ``T`` points of
+    ``torch.linspace(start, end, T)`` (float32), clamped to ``[0, n - 1]``, truncated by
+    ``.long()``. Defaults: DATA.SAMPLING_RATE 32 and DATA.TARGET_FPS 30 of
+    configs/Kinetics/TimeSformer_divST_8x32_224.yaml (8 frames over 8.53 s)."""
+    clip_size = sampling_rate * num_frames / target_fps * fps
+    delta = max(num_available - clip_size, 0)
+    start = delta * view / num_views
+    end = start + clip_size - 1
+    index = torch.linspace(start, end, num_frames)
+    return torch.clamp(index, 0, num_available - 1).long().tolist()
+
+
+@register_sampling("timesformer_pyav")
+def timesformer_pyav(num_available, num_frames, *, fps, view=0, num_views=1, timing=None,
+                     sampling_rate=32, target_fps=30):
+    """TimeSformer's PyAV decoding exactly (timesformer/datasets/decoder.py, ``pyav_decode`` then
+    ``decode``): the window is placed on the stream's *declared* frame count and duration:
+    ``get_start_end_idx(stream.frames, clip_size, view, num_views)``, converted to timestamps
+    with ``duration / stream.frames`` per frame (``int`` of each end); the frames shown in
+    ``[start_pts, end_pts]`` plus the next one (``pyav_decode_stream``, buffer_size 0) are
+    the decoded set, of which ``temporal_sampling`` takes ``linspace(0, clip_size - 1, T)``,
+    clamped to its length. mp4s cut with an edit list declare their pre-roll frames too, so on
+    them the window is shorter than clip_size frames. Where the reference decodes the whole
+    clip (no declared duration) or fails (no declared frame count: a division by zero; no
+    timestamps; an empty window), this is "timesformer_window" over the counted frames."""
+    if (timing is None or timing.duration is None or timing.declared_frames <= 0
+            or len(timing.frame_pts) != num_available):
+        return timesformer_window(num_available, num_frames, fps=fps, view=view, num_views=num_views,
+                                  sampling_rate=sampling_rate, target_fps=target_fps)
+    clip_size = sampling_rate * num_frames / target_fps * fps
+    start = max(timing.declared_frames - clip_size, 0) * view / num_views
+    end = start + clip_size - 1
+    per_frame = timing.duration / timing.declared_frames
+    start_pts, end_pts = int(start * per_frame), int(end * per_frame)
+    window = [i for i, pts in enumerate(timing.frame_pts) if start_pts <= pts <= end_pts]
+    after = [i for i, pts in enumerate(timing.frame_pts) if pts > end_pts][:1]
+    window += after
+    if not window:
+        return timesformer_window(num_available, num_frames, fps=fps, view=view, num_views=num_views,
+                                  sampling_rate=sampling_rate, target_fps=target_fps)
+    index = torch.clamp(torch.linspace(0, clip_size - 1, num_frames), 0, len(window) - 1).long()
+    return [window[i] for i in index.tolist()]
 
 
 class DividedSpaceTimeBlock(nn.Module):

@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alphafuse.data.specs import TSAMFrames, TSAMSpectrogram
+from alphafuse.data.errors import one_line
+from alphafuse.data.files import read_regular_text
 
 from .checkpoint import build_backbone, strip_prefixes
 from .registry import Extras, register_backbone
+from .tsam_inputs import TSAMFrames, TSAMSpectrogram
 from .tsm import ARCHS, ResNet, check_frames, segments_to_batch, temporal_shift
 
 __all__ = ["TSAM", "load_tsam", "tsam_options_from_config"]
@@ -37,8 +39,8 @@ KINETICS_CLASSES = 400
 
 # The reference's deterministic pipeline: MmDataSet in mode "validation", the per-epoch validation
 # of training (its published 10-clip test, main.py --validate -> run_MultiClip, instead samples
-# frames and crops at random and sums the logits of 10 passes). data/tsn.py and
-# data/tsam_audio.py implement it.
+# frames and crops at random and sums the logits of 10 passes). extract/tsam_inputs.py (its specs
+# and audio) and data/tsn.py (frame decoding) implement it.
 PREPROCESSING = {
     "frames": {
         "num_frames": "num_segments (16), one frame each (main.py sets dataset k_frames = 1)",
@@ -66,7 +68,7 @@ PREPROCESSING = {
         "resize": {"size": [224, 224], "interpolation": "bilinear, antialiased (torchvision T.Resize on tensors)"},
         "reference": "lib/dataset/audio.py wafeform_to_spectrogram_torch; config/kinetics400_config.json "
                      "audio_image_param",
-        "implementation": "alphafuse.data.tsam_audio.load_tsam_spectrogram (decode_first_channel, then tsam_spectrogram)",
+        "implementation": "alphafuse.extract.tsam_inputs.load_tsam_spectrogram (decode_first_channel, then tsam_spectrogram)",
     },
 }
 
@@ -154,7 +156,7 @@ class TSAM(nn.Module):
         return shapes
 
     def input_specs(self, modality: str = "audiovisual") -> dict:
-        """:data:`PREPROCESSING` as data/specs.py's TSAMFrames and TSAMSpectrogram."""
+        """:data:`PREPROCESSING` as extract/tsam_inputs.py's TSAMFrames and TSAMSpectrogram."""
         self.embedding_shapes(modality)
         return {"video": TSAMFrames(num_segments=self.num_segments), "audio": TSAMSpectrogram()}
 
@@ -213,32 +215,37 @@ def tsam_options_from_config(path_or_dict) -> dict:
     ``shift_temporal`` (f_div, shift_depth, n_insert, m_insert). Keys of these two sections that
     the reference does not know raise a ValueError naming them.
     """
+    where = "TSAM config"
     if isinstance(path_or_dict, (str, Path)):
+        where = f"{path_or_dict}: TSAM config"
+        text = read_regular_text(path_or_dict, "TSAM JSON config")
         try:
-            config = json.loads(Path(path_or_dict).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path_or_dict}: not a readable TSAM JSON config ({_one_line(exc)})") from None
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path_or_dict}: not a readable TSAM JSON config ({one_line(exc)})") from None
     else:
         config = path_or_dict
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         found = sorted(config) if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"TSAM config needs a 'model' section, got {found!r}")
+        raise ValueError(f"{where} needs a 'model' section (a JSON object), got {found!r}")
     options = {}
     for section in ("model", "shift_temporal"):
         values = config.get(section, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"{where} section {section!r} must be a JSON object, got {values!r}")
         unknown = sorted(set(values) - set(_MAPPED[section]) - _INERT[section])
         if unknown:
-            raise ValueError(f"TSAM config section {section!r} has unknown keys {', '.join(unknown)}; known: "
+            raise ValueError(f"{where} section {section!r} has unknown keys {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(set(_MAPPED[section]) | _INERT[section]))}")
         for key, option in _MAPPED[section].items():
             if key in values and option is not None:
                 options[option] = values[key]
     audio = config["model"].get("audio_segments", 1)
     if audio != 1:
-        raise ValueError(f"TSAM config model.audio_segments must be 1 (the audio-visual model), got {audio!r}")
+        raise ValueError(f"{where} model.audio_segments must be 1 (the audio-visual model), got {audio!r}")
     if "arch" in options:
-        if options["arch"] not in _ARCH_NAMES:
-            raise ValueError(f"TSAM config model.arch must be one of {', '.join(_ARCH_NAMES)}, got {options['arch']!r}")
+        if not isinstance(options["arch"], str) or options["arch"] not in _ARCH_NAMES:
+            raise ValueError(f"{where} model.arch must be one of {', '.join(_ARCH_NAMES)}, got {options['arch']!r}")
         options["arch"] = _ARCH_NAMES[options["arch"]]
     return options
 

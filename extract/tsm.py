@@ -15,17 +15,21 @@ The ResNet and the shift arithmetic here are shared with TSAM (``extract/tsam.py
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from alphafuse.data.specs import TSMFrames
+from alphafuse.data.colour import check_yuv_matrix
+from alphafuse.data.sampling import check_single_view, register_sampling
+from alphafuse.data.tsn import decode_tsm_frames, tsm_test_views
 
 from .checkpoint import build_backbone, strip_prefixes
-from .registry import Extras, register_backbone
+from .registry import Extras, InputSpec, register_backbone, register_spec
 
-__all__ = ["TSM", "load_tsm", "tsm_options_from_filename"]
+__all__ = ["TSM", "TSMFrames", "load_tsm", "tsm_options_from_filename"]
 
 # base: torchvision's resnet50 (stem 64, Bottleneck stages 3-4-6-3). tiny: the same blocks, 16 wide
 # and two deep per stage, for tests and CPU demos (every block still has channels to shift).
@@ -38,7 +42,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 KINETICS_CLASSES = 400
 
 _REF = "mit-han-lab/temporal-shift-module"
-# The input pipeline of the reference's test (test_models.py); data/tsn.py implements it.
+# The input pipeline of the reference's test (test_models.py): TSMFrames below, decoding in data/tsn.py.
 PREPROCESSING = {
     "frames": {
         "num_frames": "num_segments (8 for the Kinetics-400 checkpoint)",
@@ -60,6 +64,63 @@ PREPROCESSING = {
         "implementation": "alphafuse.data.tsn.load_tsm_frames (decode_tsm_frames, then tsm_test_views)",
     },
 }
+
+
+# TSM's multi-clip tests (ops/dataset.py _get_test_indices): twice_sample is 2 clips, dense 10.
+TSM_CLIPS = {1: {}, 2: {"twice_sample": True}, 10: {"dense": True}}
+
+
+@register_spec
+@dataclass(frozen=True)
+class TSMFrames(InputSpec):
+    """TSM's test input (:data:`PREPROCESSING`, decoded by data/tsn.py): one frame per segment,
+    ImageNet-normalised, one centre crop or three full-resolution crops; ``temporal_views`` 1, 2
+    (``twice_sample``) or 10 (``dense_sample``) clips. Views come temporal-major: (K * crops, 3, T, S, S)."""
+
+    kind: ClassVar[str] = "tsm_frames"
+    num_segments: int = 8
+    test_crops: int = 1
+    full_res: bool = False
+    temporal_views: int = 1
+    yuv_matrix: str = "bt601"     # data/colour.py: the colours of ffmpeg's JPEGs as Pillow reads them
+
+    def __post_init__(self):
+        if self.temporal_views not in TSM_CLIPS:
+            raise ValueError(f"TSM's test takes 1, 2 (twice_sample) or 10 (dense_sample) clips, "
+                             f"got temporal views {self.temporal_views!r}")
+        check_yuv_matrix("TSMFrames.yuv_matrix", self.yuv_matrix)
+
+    @property
+    def views(self) -> int:
+        return self.temporal_views * self.test_crops
+
+    @property
+    def output_shape(self) -> tuple:
+        size = 256 if self.full_res else 224
+        one = (3, self.num_segments, size, size)
+        return one if self.views == 1 else (self.views,) + one
+
+    def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
+        frames = decode_tsm_frames(path, self.num_segments, clip_id=clip_id, threads=threads, yuv_matrix=self.yuv_matrix,
+                                   **TSM_CLIPS[self.temporal_views])
+        k, t = self.temporal_views, self.num_segments
+        clips = [tsm_test_views(frames[i * t:(i + 1) * t], test_crops=self.test_crops, full_res=self.full_res)
+                 for i in range(k)]
+        if self.views == 1:
+            return clips[0]
+        return torch.cat([c if self.test_crops > 1 else c[None] for c in clips])
+
+
+# The rule for VideoConfig(sampling="tsn"): TSM's segment centres on alphafuse's own decoding.
+@register_sampling("tsn")
+def tsn(num_available, num_frames, *, fps=None, view=0, num_views=1):
+    """TSN/TSM's single-clip test sampling (temporal-shift-module ops/dataset.py,
+    ``TSNDataSet._get_test_indices`` with new_length 1): the centre of each of T equal
+    segments, ``int(tick / 2 + tick * i)`` with ``tick = n / T`` (the reference's 1-based
+    image numbers minus one)."""
+    check_single_view("tsn", num_views)
+    tick = num_available / float(num_frames)
+    return [int(tick / 2.0 + tick * i) for i in range(num_frames)]
 
 
 # ----------------------------------------------------------------------------- shared arithmetic
@@ -225,7 +286,7 @@ class TSM(nn.Module):
         return shapes
 
     def input_specs(self, modality: str = "video", spatial_crops: int = 1) -> dict:
-        """:data:`PREPROCESSING` as data/specs.py's TSMFrames: one centre crop, or three crops."""
+        """:data:`PREPROCESSING` as :class:`TSMFrames`: one centre crop, or three crops."""
         self.embedding_shapes(modality)
         return {"video": TSMFrames(num_segments=self.num_segments, test_crops=spatial_crops)}
 

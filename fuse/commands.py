@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from alphafuse.cache import read_split
-from alphafuse.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
-CONFIG_FILE = "config.json"    # what a run or grid ran with: settings, backbones, preprocessing
+CONFIG_FILE = "config.json"    # what a run or grid ran with (fuse/run.py and fuse/grid/report.py write it)
 
 
 def optional_split(cache_dir: Path, name: str):
@@ -43,7 +42,7 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     out_dir = out_dir or run_dir / run_name(cfg)
     train = read_split(Path(cache) / "train.h5")
     metrics = fuse_run(train, optional_split(cache, "val"), optional_split(cache, "test"), cfg, out_dir,
-                       overwrite=overwrite)
+                       overwrite=overwrite, record={"cache_dir": str(Path(cache).resolve())})
     echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']} (trained in {metrics['train_seconds']:.2f} s)")
     for name in ("val", "test"):
         best, last = metrics.get(name), (metrics.get("last") or {}).get(name)
@@ -56,38 +55,59 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     learnable = (metrics.get("learnable") or {}).get("test")
     if learnable:
         echo(f"  learnable ceiling: {learnable['seen_label_clips']} of {learnable['clips']} test clips have a label "
-             f"seen in training (top-1 at most {learnable['max_top1']:.3f})")
+             f"seen in training (top-1 at most {learnable['max_top1']:.3f})" + _masked_note(learnable))
     missing = (metrics.get("missing_modality") or {}).get("test")
     if missing:
         echo("  test top1 with a modality missing: " + ", ".join(f"{m.replace('_', ' ')} {v:.3f}"
                                                                    for m, v in missing.items()))
-    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(
-        {"command": "fuse", "cache_dir": str(cache), "config": cfg.to_dict(),
-         "backbones": train.backbones, "preprocessing": train.preprocessing,
-         "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
     echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png, "
          f"{CONFIG_FILE})")
     return metrics
 
 
+def _masked_note(ceiling: dict) -> str:
+    """Why the ceiling holds, in the report: the classes absent from train are never predicted."""
+    count = ceiling.get("masked_classes")
+    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
+
+
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,
-                     echo: Echo = print) -> dict:
+                     echo: Echo = print, *, vggsounder: bool = False, vggsounder_labels=None) -> dict:
+    """Re-score a run on a split; with ``vggsounder`` also on VGGSounder's labels of its clips,
+    written to ``<run>/vggsounder-<split>.json`` (returned under the key ``vggsounder``)."""
+    from .provenance import check_identity, recorded_cache_dir
     from .run import evaluate_run, load_run
 
-    if cache_dir is None:
-        _, meta = load_run(run_dir)
-        recorded = (meta.get("cache_paths") or {}).get("train")
-        if not recorded:
-            raise ValueError(f"{run_dir} does not record its cache: give the cache folder (cache_dir)")
-        cache_dir = Path(recorded).parent
-    metrics = evaluate_run(run_dir, read_split(Path(cache_dir) / f"{split}.h5"), predictions, which=which)
+    _, meta = load_run(run_dir)
+    if cache_dir is None:   # the cache the run was trained on, as it was then, or a refusal
+        cache_dir = recorded_cache_dir(meta, run_dir)
+        features = read_split(Path(cache_dir) / f"{split}.h5")
+        check_identity(meta.get("cache"), split, features, f"run {run_dir}")
+    else:   # another cache: its backbones, preprocessing and classes must be the run's (evaluate_run)
+        features = read_split(Path(cache_dir) / f"{split}.h5")
+    targets = None
+    if vggsounder:   # before scoring: a vocabulary or split VGGSounder cannot score fails at once
+        from .vggsounder import match
+        targets = match(features.clip_ids, meta["label_names"], vggsounder_labels, owner=f"run {run_dir}",
+                        where=f"split {split} ({features.path})")
+    metrics = evaluate_run(run_dir, features, predictions, which=which)
+    if vggsounder:
+        from .vggsounder import evaluate_run_vggsounder, format_table
+        metrics["vggsounder"] = evaluate_run_vggsounder(run_dir, features, split, which=which, targets=targets)
     if as_json:
         echo(json.dumps(metrics, indent=2))
         return metrics
     echo(f"{split}: top1 {metrics['top1']:.3f}  top5 {metrics['top5']:.3f}  mAP {metrics['map']:.3f}  "
          f"loss {metrics['loss']:.3f}  ({metrics['num_clips']} clips)")
+    masked = metrics.get("masked_in_prediction")
+    if masked:
+        echo(f"  {len(masked)} class(es) absent from the run's training split are masked in prediction "
+             f"(never predicted): {', '.join(masked[:5])}" + (" ..." if len(masked) > 5 else ""))
     if predictions:
         echo(f"predictions written to {predictions}")
+    if vggsounder:
+        echo(format_table(metrics["vggsounder"]))
+        echo(f"VGGSounder scores written to {metrics['vggsounder']['path']}")
     return metrics
 
 
@@ -95,11 +115,24 @@ def read_label_names(path) -> list[str]:
     """A backbone's class names: AudioSet-style class_labels_indices.csv (index,mid,display_name),
     as CAV-MAE's egs ship them, or a plain file of one name per line."""
     import csv
+    import io
 
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    from alphafuse.data.files import read_regular_text
+
+    text = read_regular_text(path, "label file")
+    lines = text.splitlines()
     if lines and lines[0].lower().replace(" ", "").startswith("index,mid,display_name"):
-        rows = sorted(csv.reader(lines[1:]), key=lambda r: int(r[0]))
-        return [r[2] for r in rows]
+        rows = []
+        reader = csv.reader(io.StringIO(text, newline=""))
+        next(reader)
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < 3 or not row[0].strip().isdigit():
+                raise ValueError(f"{path}:{reader.line_num}: expected index,mid,display_name with an integer "
+                                 f"index, got {','.join(row)!r}")
+            rows.append((int(row[0]), row[2]))
+        return [name for _, name in sorted(rows)]
     return [line.strip() for line in lines if line.strip()]
 
 
@@ -153,7 +186,7 @@ def per_head_options(items) -> dict[str, dict]:
 
 def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: dict, *, seeds: int, jobs,
                  method: str, overwrite: bool, echo: Echo = print, progress: bool = True,
-                 head_options: dict | None = None):
+                 head_options: dict | None = None, vggsounder: bool = False, vggsounder_labels=None):
     from tqdm import tqdm
 
     from .grid import configs_from_options, format_summary_table, run_grid
@@ -174,17 +207,23 @@ def grid_command(cache: Path, out_dir: Path | None, run_dir: Path, base, sweep: 
         configs = [replace(c, head_options={**c.head_options, **head_options.get(c.head, {})}) for c in configs]
     train, test = read_split(Path(cache) / "train.h5"), read_split(Path(cache) / "test.h5")
     val = optional_split(cache, "val")
+    targets = None
+    if vggsounder:   # before training: a vocabulary or test split VGGSounder cannot score fails at once
+        from .vggsounder import match
+        targets = match(test.clip_ids, test.label_names, vggsounder_labels, owner=f"cache {cache}",
+                        where=f"split test ({test.path})")
     with tqdm(total=len(configs), desc="  grid", unit="head", file=sys.stderr, disable=None if progress else True) as bar:
         def on_row(done, total, row):
             bar.update(1)
             bar.set_postfix_str(f"test top-1 {row['test_top1']:.2f}")
         result = run_grid(train, val, test, configs, out_dir, jobs=jobs, method=method, progress=on_row,
-                          overwrite=overwrite)
+                          overwrite=overwrite, vggsounder=targets,
+                          record={"cache_dir": str(Path(cache).resolve()), "sweep": sweep, "seeds": seeds,
+                                  "base": base.to_dict()})
     table = format_summary_table(result, len(result.test_labels))
-    atomic_write_text(Path(out_dir) / CONFIG_FILE, json.dumps(
-        {"command": "grid", "cache_dir": str(cache), "sweep": sweep, "seeds": seeds, "base": base.to_dict(),
-         "configs": len(configs), "backbones": train.backbones, "preprocessing": train.preprocessing,
-         "extraction": train.attrs.get("extraction", {})}, indent=2, default=str))
+    if targets is not None:
+        from .grid.vggsounder import format_vggsounder_table
+        table += "\n" + format_vggsounder_table(result)
     echo(table)
     echo(f"{len(result.rows)} heads trained in {result.seconds:.1f} s ({result.method}, {result.jobs} job(s)); "
          f"written to {out_dir}/: " + ", ".join(sorted(p.name for p in result.files.values())))

@@ -7,13 +7,17 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from alphafuse.data.memory import check_fits
+from alphafuse.settings import SEED_RANGE, SETTINGS, check_int
+
 from .heads import DEFAULT_HEAD, check_head_options, get_head
+from .heads.base import DROPOUT, HIDDEN
 from .transforms import MODALITIES, resolve_target, validate_transform
 
 
 @dataclass
 class TrainConfig:
-    """How to build and train one head. Defaults are the paper's.
+    """How to build and train one head. Defaults are the paper's, defined once in settings.py's table.
 
     ``head`` names a registered head (fuse/heads/); ``head_options`` holds its own options
     (e.g. ``{"weight": 0.3}`` for late, ``{"dim": 128}`` for bottleneck); the shared ones are
@@ -31,22 +35,22 @@ class TrainConfig:
     every epoch; the best epoch is reported either way).
     """
 
-    transform: str = "none"
-    target: str = "audio"
+    transform: str = SETTINGS["transform"].default
+    target: str = SETTINGS["target"].default
     alpha: float | None = None
-    modalities: str = "both"
-    hidden: tuple[int, ...] = (1024, 512)
-    dropout: float = 0.5
-    epochs: int = 25
-    batch_size: int = 8
-    lr: float = 1e-4
-    seed: int = 0
+    modalities: str = SETTINGS["modalities"].default
+    hidden: tuple[int, ...] = HIDDEN
+    dropout: float = DROPOUT
+    epochs: int = SETTINGS["epochs"].default
+    batch_size: int = SETTINGS["batch_size"].default
+    lr: float = SETTINGS["lr"].default
+    seed: int = SETTINGS["seed"].default
     device: str = "cpu"
     alpha_lr: float = 1e-2
     head: str = DEFAULT_HEAD
     head_options: dict = field(default_factory=dict)
-    modality_dropout: float = 0.0
-    patience: int | None = None
+    modality_dropout: float = SETTINGS["modality_dropout"].default
+    patience: int | None = SETTINGS["patience"].default
 
     def __post_init__(self):
         self.alpha = validate_transform(self.transform, self.alpha)
@@ -55,7 +59,11 @@ class TrainConfig:
             raise ValueError(f"unknown modalities {self.modalities!r}; choose one of {', '.join(MODALITIES)}")
         if not all(_is_int(h) and h > 0 for h in self.hidden):
             raise ValueError(f"hidden sizes must be positive integers, got {self.hidden}")
-        self.hidden = tuple(int(h) for h in self.hidden)
+        self.hidden = tuple(check_int(h, "hidden", 1) for h in self.hidden)
+        # Whatever the inputs, consecutive hidden layers hold h[i] * h[i+1] weights (x4 in
+        # training: gradients and Adam's moments); refuse sizes no machine here can hold.
+        least = 16 * (sum(a * b for a, b in zip(self.hidden, self.hidden[1:])) + 2 * sum(self.hidden))
+        check_fits(least, f"hidden={','.join(map(str, self.hidden))}: the hidden layers")
         for name, high in (("dropout", 1), ("modality_dropout", 1)):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and 0 <= value < high):
@@ -69,11 +77,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_int(value) and (least is None or value >= least)):
                 raise ValueError(f"{name} must be a{' positive' if least else 'n'} integer, got {value!r}")
-            setattr(self, name, int(value))  # numpy integers from a sweep become plain ints
+            # numpy integers from a sweep become plain ints; each within its range (settings.py)
+            setattr(self, name, check_int(value, name, *(SEED_RANGE if name == "seed" else (least, None))))
         if self.patience is not None:
             if not (_is_int(self.patience) and self.patience >= 1):
                 raise ValueError(f"patience must be a positive number of epochs or None, got {self.patience!r}")
-            self.patience = int(self.patience)
+            self.patience = check_int(self.patience, "patience", 1)
         self.lr, self.alpha_lr = float(self.lr), float(self.alpha_lr)
         try:
             torch.device(self.device)

@@ -1,4 +1,12 @@
-"""Scores of a classifier's outputs on one split: top-1, top-5, mAP, loss, per class."""
+"""Scores of a classifier's outputs on one split: top-1, top-5, mAP, loss, per class.
+
+A head trained on a split that lacks some classes has output columns for them all the same (the
+vocabulary is the cache's); left in, their untrained logits win by chance and a score can
+exceed the learnable ceiling. Every prediction alphafuse makes from a trained head (fuse,
+evaluate, grid, predict, and the per-epoch validation that picks the best epoch) therefore goes
+through :func:`mask_unseen`: the classes absent from the training split get a logit of -inf, so
+a head never predicts a class it never saw.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,8 +16,38 @@ import torch
 import torch.nn.functional as F
 
 
+def mask_unseen(logits, allowed):
+    """``logits`` (N, C; a tensor or an array) with the columns where ``allowed`` (C booleans) is
+    False set to -inf; ``allowed=None`` leaves them as they are. The one place that masks."""
+    if allowed is None:
+        return logits
+    allowed = _as_numpy(allowed).astype(bool).reshape(-1)
+    if allowed.shape[0] != logits.shape[1]:
+        raise ValueError(f"a mask of {allowed.shape[0]} classes for outputs of {logits.shape[1]} columns")
+    if not allowed.any():
+        raise ValueError("no class is allowed: the head saw no class in training")
+    if isinstance(logits, torch.Tensor):
+        return logits.masked_fill(~torch.from_numpy(allowed).to(logits.device), float("-inf"))
+    out = np.array(logits, dtype=np.float64, copy=True)
+    out[:, ~allowed] = -np.inf
+    return out
+
+
+def seen_in_train(train) -> np.ndarray:
+    """The mask of :func:`mask_unseen` for a head trained on ``train`` (a FeatureSplit): True for
+    each class of its vocabulary that it holds clips of."""
+    return np.isin(np.arange(train.num_classes), np.asarray(train.labels))
+
+
+def allowed_classes(label_names: Sequence[str], seen: Sequence[str]) -> np.ndarray:
+    """The mask of :func:`mask_unseen`: True for each of ``label_names`` in ``seen`` (the names of
+    the classes the training split holds)."""
+    seen = set(seen)
+    return np.array([name in seen for name in label_names], dtype=bool)
+
+
 def score(outputs, labels, num_classes: int, *, probs: bool = False,
-          label_names: Sequence[str] | None = None) -> dict:
+          label_names: Sequence[str] | None = None, allowed=None) -> dict:
     """Score ``outputs`` (N, C) logits, or probabilities with ``probs=True``, against ``labels``.
 
     Returns ``top1``, ``top5`` (top-k with k = min(5, C); tied scores rank the lower class index
@@ -19,23 +57,36 @@ def score(outputs, labels, num_classes: int, *, probs: bool = False,
     has no defined AP and is left out), ``loss`` (mean cross-entropy), ``num_clips``,
     ``map_classes`` (how many classes the mAP averages) and ``per_class``: for each class name,
     its ``support``, ``top1`` (its recall) and ``ap`` (None where the class has no clip).
+
+    ``allowed`` (logits only): the classes the head saw in training; the others are masked
+    (:func:`mask_unseen`) for top-1, top-5, mAP and per class, so no clip of a masked class is
+    ever a hit and such a class's AP is 0 (the head ranks no clip for it; sklearn would credit
+    the constant score with the class's prevalence). ``masked_classes`` says how many. The
+    loss stays the cross-entropy of the unmasked logits (the training objective; masked, it
+    would be infinite on every clip of a masked class).
     """
-    scores = _as_numpy(outputs).astype(np.float64, copy=False)
+    raw = _as_numpy(outputs).astype(np.float64, copy=False)
     labels = _as_numpy(labels).astype(np.int64, copy=False).reshape(-1)
-    _check_inputs(scores, labels, num_classes, label_names)
+    _check_inputs(raw, labels, num_classes, label_names)
+    if allowed is not None and probs:
+        raise ValueError("masking applies to logits, not probabilities")
+    scores = mask_unseen(raw, allowed)
     p = scores if probs else _softmax(scores)
+    masked = np.zeros(num_classes, bool) if allowed is None else ~np.asarray(allowed, bool)
 
     k = min(5, num_classes)
     ranked = np.argsort(-scores, axis=1, kind="stable")
     hit1 = ranked[:, 0] == labels
-    hitk = (ranked[:, :k] == labels[:, None]).any(axis=1)
+    # A masked class sits at -inf and is no guess, even where fewer than k classes are allowed.
+    hitk = ((ranked[:, :k] == labels[:, None]) & ~masked[labels][:, None]).any(axis=1)
 
     names = list(label_names) if label_names is not None else [str(c) for c in range(num_classes)]
     support = np.bincount(labels, minlength=num_classes)
     correct = np.bincount(labels, weights=hit1, minlength=num_classes)
     from sklearn.metrics import average_precision_score   # here: sklearn takes a second to import
 
-    ap = {c: float(average_precision_score(labels == c, p[:, c])) for c in np.flatnonzero(support)}
+    ap = {c: 0.0 if masked[c] else float(average_precision_score(labels == c, p[:, c]))
+          for c in np.flatnonzero(support)}
     per_class = {
         names[c]: {
             "support": int(support[c]),
@@ -48,8 +99,9 @@ def score(outputs, labels, num_classes: int, *, probs: bool = False,
         "top1": float(hit1.mean()),
         "top5": float(hitk.mean()),
         "map": float(np.mean(list(ap.values()))),
-        "loss": _cross_entropy(scores, labels, probs),
+        "loss": _cross_entropy(raw, labels, probs),
         "num_clips": int(len(labels)),
+        "masked_classes": int(masked.sum()),
         "map_classes": len(ap),
         "per_class": per_class,
     }

@@ -8,18 +8,24 @@ embeddings with views by the evaluation rule (the mean of the per-view softmax, 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 from torch import nn
 
 from alphafuse.data import ClipError, load_inputs
-from alphafuse.data.specs import spec_from_dict
+from alphafuse.data.errors import unexpected_reason
 from alphafuse.extract.backbones import rebuild_backbone
-from alphafuse.extract.registry import Extras
-from alphafuse.extract.runner import Roles, embed_inputs
+from alphafuse.extract.registry import Extras, spec_from_dict
+from alphafuse.extract.runner import PRECISIONS, Roles, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits
+from .metrics import allowed_classes, mask_unseen
 from .run import load_run
+
+log = logging.getLogger(__name__)
 
 
 class AlphaTransformer(nn.Module):
@@ -32,11 +38,13 @@ class AlphaTransformer(nn.Module):
 
     def __init__(self, roles: dict, head: Head, label_names: list[str] | None = None,
                  preprocessing: dict | None = None, embedding_info: dict | None = None,
-                 extraction: dict | None = None):
+                 extraction: dict | None = None, train_classes=None):
         super().__init__()
         self.backbones = nn.ModuleDict(roles)
         self.head = head
         self.label_names = list(label_names or [])
+        # What predict_files may predict: the classes the head saw in training (None: all).
+        self.allowed = None if train_classes is None else allowed_classes(self.label_names, train_classes)
         self.specs = {slot: spec_from_dict(slot, d) for slot, d in (preprocessing or {}).items()}
         self.embedding_info = dict(embedding_info or {})
         names = head.input_names()
@@ -45,10 +53,19 @@ class AlphaTransformer(nn.Module):
                              layers=(tuple(layers) if isinstance(layers, list) else layers)
                              if any(n.endswith("_layers") for n in names) else None,
                              dtype=(extraction or {}).get("dtype", "float16"))
+        # The backbones run in the precision the cache was extracted in (extraction's autocast),
+        # so a head trained on bf16 embeddings sees bf16 embeddings end to end too.
+        self.precision = (extraction or {}).get("precision", "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"the cache was extracted in precision {self.precision!r}, which this version "
+                             f"cannot reproduce (known: {', '.join(PRECISIONS)})")
 
     def embed(self, video: torch.Tensor, audio: torch.Tensor) -> dict:
         """The embeddings the head reads, as the cache holds them (float16 ones rounded likewise)."""
-        out = embed_inputs(Roles(self.backbones.items()), {"video": video, "audio": audio}, self.extras)
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(video.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            out = embed_inputs(Roles(self.backbones.items()), {"video": video, "audio": audio}, self.extras)
         wanted = self.head.input_names()
         missing = [n for n in wanted if n not in out]
         if missing:
@@ -79,12 +96,13 @@ class AlphaTransformer(nn.Module):
         roles = {role: rebuild_backbone(description, given.get(role) or sources.get(role))
                  for role, description in meta["backbones"].items()}
         model = cls(roles, head, meta["label_names"], meta["preprocessing"], meta.get("embedding_info"),
-                    meta.get("extraction"))
+                    meta.get("extraction"), meta.get("train_classes"))
         return model.to(device).eval()
 
     @torch.inference_mode()
     def predict_files(self, paths, top_k: int = 5) -> list[dict]:
-        """Decode each file as extraction did and return its top-k labels with probabilities.
+        """Decode each file as extraction did and return its top-k labels with probabilities, over the
+        classes the head saw in training (the others masked, metrics.mask_unseen; never listed).
 
         A file that cannot be read gives ``{"path", "error"}`` instead of stopping the others.
         """
@@ -93,11 +111,18 @@ class AlphaTransformer(nn.Module):
         for path in paths:
             try:
                 clip = load_inputs(path, self.specs["video"], self.specs["audio"])
+                logits = self(clip.video[None].to(device), clip.fbank[None].to(device)).cpu()
             except ClipError as exc:
                 results.append({"path": str(path), "error": exc.reason})
                 continue
-            probs = torch.softmax(self(clip.video[None].to(device), clip.fbank[None].to(device)), dim=1)[0].cpu()
-            top = probs.topk(min(top_k, len(probs)))
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:   # as extraction: one bad file is one error, the others still predicted
+                log.debug("%s: unexpected error", path, exc_info=True)
+                results.append({"path": str(path), "error": unexpected_reason(exc)})
+                continue
+            probs = torch.softmax(mask_unseen(logits, self.allowed), dim=1)[0]
+            top = probs.topk(min(top_k, len(probs) if self.allowed is None else int(self.allowed.sum())))
             results.append({"path": str(path), "has_audio": clip.has_audio,
                             "top": [{"label": self.label_names[i], "probability": float(p)}
                                     for p, i in zip(top.values.tolist(), top.indices.tolist())]})

@@ -11,16 +11,22 @@ Run directory::
     history.csv           epoch, train_loss, train_top1, train_top5, val_loss, val_top1, val_top5
     learning_curves.png
     confusion_matrix.png  best model on test (or val when there is no test split)
+    config.json           what the run ran with and the identity of its cache (fuse/provenance.py)
+    .alphafuse.lock/.json the folder's lock and what it holds (fuse/folder.py)
 
 Every file is written through data.atomic.atomic_write (a temporary name renamed into place), so
 an interrupted run never leaves a truncated head.pt; metrics.json is written last and marks a
 finished run. ``overwrite`` removes every file of the previous run before the new one is written.
+The folder is locked from before training to the last file (a second run into it is refused),
+and head.pt, config.json and metrics.json carry one ``run_id``: :func:`load_run` trusts a head
+only beside the metrics.json of the same run, so no kill or stray copy leaves a mix it accepts.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,13 +35,16 @@ import torch
 
 from alphafuse.cache import CacheError, FeatureSplit, check_compatible, read_split
 from alphafuse.data.atomic import TMP_SUFFIX, atomic_write
+from alphafuse.data.files import require_file
 
 from . import plots
 from .config import TrainConfig
-from .evaluation import learnable, missing_modality_top1, split_logits
+from .folder import check_kind, claim
+from .evaluation import learnable, missing_modality_top1, predicted_classes, split_logits
 from .heads import Head, head_from_config
 from .inputs import require_embeddings
-from .metrics import score
+from .metrics import allowed_classes, mask_unseen, score, seen_in_train
+from .provenance import cache_identity
 from .train import train_head
 
 log = logging.getLogger(__name__)
@@ -47,9 +56,10 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+CONFIG_FILE = "config.json"    # what a run or grid ran with: settings, backbones, preprocessing, its cache
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5")
 # Every file a run writes, the finished-run marker first: an overwrite removes them all.
-RUN_FILES = (METRICS_FILE, HEAD_FILE, HISTORY_FILE, CURVES_FILE, CONFUSION_FILE)
+RUN_FILES = (METRICS_FILE, HEAD_FILE, HISTORY_FILE, CURVES_FILE, CONFUSION_FILE, CONFIG_FILE)
 
 
 def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test")) -> dict[str, FeatureSplit]:
@@ -58,43 +68,55 @@ def load_splits(cache_dir, names: Iterable[str] = ("train", "val", "test")) -> d
 
 
 def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit | None,
-             cfg: TrainConfig | None, out_dir, *, overwrite: bool = False) -> dict:
+             cfg: TrainConfig | None, out_dir, *, overwrite: bool = False, record: dict | None = None) -> dict:
     """Train a head on ``train`` (best epoch chosen on ``val``), score val and test, write ``out_dir``.
 
     Returns the metrics written to metrics.json. Splits from different backbones, preprocessing
     or label vocabularies, or lacking an embedding the head reads, are refused (CacheError)
-    before any training, and so is an existing run in ``out_dir`` unless ``overwrite``. The
-    directory is created only once training succeeded; an overwritten run's files are all
-    removed then, so none of them outlives the new run.
+    before any training, and so is an existing run in ``out_dir`` unless ``overwrite``, a grid
+    folder, and a folder another command is writing (fuse/folder.py). The directory is created
+    only once every input was checked, and removed again if training fails; an overwritten
+    run's files are all removed once training succeeded, so none of them outlives the new run.
+    ``record``: more to write into config.json (the command line's cache folder, say).
     """
     cfg = cfg if cfg is not None else TrainConfig()
     held_out = {name: split for name, split in (("val", val), ("test", test)) if split is not None}
     check_compatible(train, *held_out.values())
     for split in (train, *held_out.values()):
         require_embeddings(split, cfg.needs(), cfg.head)
+    check_kind(out_dir, "run")
     check_out_dir(out_dir, overwrite)
-
-    result = train_head(train, val, cfg)
-    out_dir = prepare_out_dir(out_dir, overwrite, known=RUN_FILES)
-    scores, predicted = _score_best_and_last(result, held_out)
-    seen = _classes_present(train)
-    shown = "test" if "test" in held_out else "val" if "val" in held_out else None
-    metrics = {
-        **scores["best"],
-        "last": scores["last"],
-        "best_epoch": result.best_epoch,
-        "epochs": cfg.epochs,
-        "epochs_run": len(result.history),
-        "unseen_in_train": {name: _unseen(split, seen) for name, split in held_out.items()},
-        "learnable": {name: learnable(train, split) for name, split in held_out.items()},
-        "missing_modality": {shown: missing_modality_top1(result.model, held_out[shown])} if shown else {},
-        "trained": result.model.trained_values(),
-        "config": cfg.to_dict(),
-        "head": result.model.config,
-        "num_clips": {"train": len(train), **{name: len(split) for name, split in held_out.items()}},
-        "train_seconds": result.seconds,
-    }
-    _write_run(out_dir, result, metrics, held_out, predicted, train, val, test, seen)
+    with claim(out_dir, "run", RUN_FILES):
+        check_out_dir(out_dir, overwrite)   # again under the lock: a run may have finished meanwhile
+        result = train_head(train, val, cfg)
+        out_dir = prepare_out_dir(out_dir, overwrite, known=RUN_FILES)
+        allowed = seen_in_train(train)
+        scores, predicted = _score_best_and_last(result, held_out, allowed)
+        seen = _classes_present(train)
+        shown = "test" if "test" in held_out else "val" if "val" in held_out else None
+        metrics = {
+            **scores["best"],
+            "last": scores["last"],
+            "best_epoch": result.best_epoch,
+            "epochs": cfg.epochs,
+            "epochs_run": len(result.history),
+            "unseen_in_train": {name: _unseen(split, seen) for name, split in held_out.items()},
+            "learnable": {name: learnable(train, split) for name, split in held_out.items()},
+            "missing_modality": {shown: missing_modality_top1(result.model, held_out[shown], allowed)}
+            if shown else {},
+            "masked_in_prediction": _masked_names(train.label_names, allowed),
+            "trained": result.model.trained_values(),
+            "config": cfg.to_dict(),
+            "head": result.model.config,
+            "num_clips": {"train": len(train), **{name: len(split) for name, split in held_out.items()}},
+            "train_seconds": result.seconds,
+            "run_id": uuid.uuid4().hex,
+        }
+        identity = cache_identity({"train": train, "val": val, "test": test})
+        config = {"command": "fuse", "run_id": metrics["run_id"], "config": cfg.to_dict(), "cache": identity,
+                  "backbones": train.backbones, "preprocessing": train.preprocessing,
+                  "extraction": train.attrs.get("extraction", {}), **(record or {})}
+        _write_run(out_dir, result, metrics, config, held_out, predicted, train, val, test, seen)
     log.info("run written to %s: best epoch %d, %s", out_dir, result.best_epoch,
              ", ".join(f"{n} top1 {scores['best'][n]['top1']:.3f}" for n in held_out))
     return metrics
@@ -103,8 +125,9 @@ def fuse_run(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit |
 def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, dict]:
     """The head saved in ``run_dir`` (``which``: best or last epoch) in eval mode, and its metadata."""
     path = Path(run_dir) / HEAD_FILE
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path} not found; point to a run directory written by fuse_run")
+    require_file(path, "run file")   # a FIFO or device named head.pt is refused, never read
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     try:
@@ -116,6 +139,7 @@ def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, d
         saved = saved if isinstance(saved, dict) else {}
         raise ValueError(f"{path} has run format {saved.get('format')!r}; this alphafuse reads "
                          f"{', '.join(map(str, READABLE_FORMATS))}")
+    _check_finished(Path(run_dir), saved.get("run_id"))
     model = head_from_config(saved["head_config"])
     model.load_state_dict(saved["state_dict" if which == "best" else "last_state_dict"])
     meta = {key: value for key, value in saved.items() if not key.endswith("state_dict")}
@@ -123,6 +147,22 @@ def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[Head, d
     meta.setdefault("embedding_info", {})
     meta["run_dir"] = str(run_dir)
     return model.to(device).eval(), meta
+
+
+def _check_finished(run_dir: Path, run_id: str | None) -> None:
+    """A head is trusted only beside the metrics.json of the same run (runs since run ids)."""
+    if run_id is None:
+        return
+    try:
+        finished = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")).get("run_id")
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} holds an unfinished run (no {METRICS_FILE}: stopped while writing?); "
+                         f"run fuse again with overwrite") from None
+    except (ValueError, AttributeError):
+        finished = None
+    if finished != run_id:
+        raise ValueError(f"{run_dir}: {HEAD_FILE} and {METRICS_FILE} are of different runs; run fuse again "
+                         f"with overwrite")
 
 
 def evaluate_run(run_dir, split: FeatureSplit, predictions_path=None, *, which: str = "best",
@@ -136,10 +176,12 @@ def evaluate_run(run_dir, split: FeatureSplit, predictions_path=None, *, which: 
     model, meta = load_run(run_dir, which, device)
     _check_matches_run(split, meta, model)
     logits = split_logits(model, split, device)
-    metrics = score(logits, split.labels, split.num_classes, label_names=split.label_names)
+    allowed = allowed_classes(split.label_names, meta["train_classes"])
+    metrics = score(logits, split.labels, split.num_classes, label_names=split.label_names, allowed=allowed)
     metrics["unseen_in_train"] = _unseen(split, set(meta["train_classes"]))
+    metrics["masked_in_prediction"] = _masked_names(split.label_names, allowed)
     if predictions_path is not None:
-        write_predictions(predictions_path, split, torch.softmax(logits, dim=1).numpy())
+        write_predictions(predictions_path, split, torch.softmax(mask_unseen(logits, allowed), dim=1).numpy())
     return metrics
 
 
@@ -156,23 +198,31 @@ def write_predictions(path, split: FeatureSplit, probs: np.ndarray) -> None:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _score_best_and_last(result, held_out: dict[str, FeatureSplit]) -> tuple[dict, dict]:
-    """Scores of the best and last models on each held-out split, and the best one's predictions."""
+def _masked_names(label_names, allowed) -> list[str]:
+    """The classes masked in prediction (absent from train): metrics.json and the report say so."""
+    return [name for name, ok in zip(label_names, allowed) if not ok]
+
+
+def _score_best_and_last(result, held_out: dict[str, FeatureSplit], allowed) -> tuple[dict, dict]:
+    """Scores of the best and last models on each held-out split, and the best one's predictions,
+    over the ``allowed`` classes (those seen in training)."""
     models = {"best": result.model, "last": result.last_model()}
     scores = {which: {"val": None, "test": None} for which in models}
     predicted = {}
     for name, split in held_out.items():
         for which, model in models.items():
             logits = split_logits(model, split)
-            scores[which][name] = score(logits, split.labels, split.num_classes, label_names=split.label_names)
+            scores[which][name] = score(logits, split.labels, split.num_classes, label_names=split.label_names,
+                                        allowed=allowed)
             if which == "best":
-                predicted[name] = logits.argmax(1).numpy()
+                predicted[name] = predicted_classes(logits, allowed)
     return scores, predicted
 
 
-def _write_run(out_dir: Path, result, metrics: dict, held_out: dict, predicted: dict,
+def _write_run(out_dir: Path, result, metrics: dict, config: dict, held_out: dict, predicted: dict,
                train, val, test, seen: set[str]) -> None:
-    _write_head(out_dir / HEAD_FILE, result, train, val, test, seen)
+    """Every file of the run, metrics.json (the finished marker) last."""
+    _write_head(out_dir / HEAD_FILE, result, train, val, test, seen, config)
     _write_history(out_dir / HISTORY_FILE, result.history)
     with atomic_write(out_dir / CURVES_FILE) as f:
         plots.learning_curves(result.history, result.best_epoch if val is not None else None, f)
@@ -183,6 +233,8 @@ def _write_run(out_dir: Path, result, metrics: dict, held_out: dict, predicted: 
         with atomic_write(out_dir / CONFUSION_FILE) as f:
             plots.confusion_matrix_plot(held_out[shown].labels, predicted[shown], train.label_names, f,
                                         title=f"{shown}, epoch {result.best_epoch}")
+    with atomic_write(out_dir / CONFIG_FILE, "w") as f:
+        json.dump(config, f, indent=2, default=str)
     with atomic_write(out_dir / METRICS_FILE, "w") as f:
         json.dump(metrics, f, indent=2)
 
@@ -246,9 +298,11 @@ def prepare_out_dir(out_dir, overwrite: bool, markers=(HEAD_FILE, METRICS_FILE),
     return out_dir
 
 
-def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
+def _write_head(path: Path, result, train, val, test, seen: set[str], config: dict) -> None:
     payload = {
         "format": RUN_FORMAT,
+        "run_id": config["run_id"],
+        "cache": config["cache"],   # which cache it was trained on (fuse/provenance.py)
         "state_dict": _to_cpu(result.best_state_dict),
         "last_state_dict": _to_cpu(result.last_state_dict),
         "head_config": result.model.config,
@@ -266,7 +320,7 @@ def _write_head(path: Path, result, train, val, test, seen: set[str]) -> None:
         "preprocessing": train.preprocessing,
         "extraction": train.attrs.get("extraction", {}),   # tokens and layers: the end-to-end model asks the same
         "sources": train.attrs.get("sources", {}),   # where extraction read the checkpoints
-        "cache_paths": {name: str(s.path) if s is not None and s.path is not None else None
+        "cache_paths": {name: str(Path(s.path).resolve()) if s is not None and s.path is not None else None
                         for name, s in (("train", train), ("val", val), ("test", test))},
     }
     with atomic_write(path) as f:

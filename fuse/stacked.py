@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from alphafuse.cache import FeatureSplit
+from alphafuse.data.memory import check_fits, module_bytes
 
 from .config import TrainConfig
 from .heads.concat import AlphaFuseHead
+from .metrics import seen_in_train
 from .train import TrainResult, _check_splits, _prefixed, _rank, _seeded, hits
 from .transforms import rectified_sqrt, transform_ops
 
@@ -114,6 +116,7 @@ def _train_stack(train: FeatureSplit, val: FeatureSplit | None, cfgs) -> list[Tr
     device = torch.device(cfg.device)
     video, audio, labels = _tensors(train, device)
     val_data = _tensors(val, device) if val is not None else None
+    allowed = seen_in_train(train)   # validation over the classes seen in training, as train_head's
     started = time.perf_counter()
     models, streams, stream_of = _init_stack(cfgs, video.shape[1], audio.shape[1], train.num_classes, device)
     linears = [m for m in models[0].head if isinstance(m, torch.nn.Linear)]
@@ -134,7 +137,7 @@ def _train_stack(train: FeatureSplit, val: FeatureSplit | None, cfgs) -> list[Tr
     best = [t.detach().clone() for t in _stack_params(layers, fusion)]
     for epoch in range(1, cfg.epochs + 1):
         train_scores = _stacked_epoch(layers, fusion, optimizer, video, audio, labels, cfg, streams, stream_of)
-        val_scores = _stacked_evaluate(layers, fusion, *val_data) if val_data is not None else None
+        val_scores = _stacked_evaluate(layers, fusion, *val_data, allowed) if val_data is not None else None
         improved = torch.zeros(k, dtype=torch.bool)
         for h in range(k):
             row = {"epoch": epoch, **train_scores[h]}
@@ -167,6 +170,12 @@ def _init_stack(cfgs, video_dim: int, audio_dim: int, num_classes: int, device: 
     Heads of one stack with the same seed have the same shapes, so their initialisation used
     the seeded RNG identically and their dropout streams coincide: one generator serves them all.
     """
+    # Sized on the meta device first, as create_head does: weights, gradients, Adam's moments.
+    needed = sum(4 * module_bytes(AlphaFuseHead, video_dim, audio_dim, num_classes, **cfg.head_kwargs())
+                 for cfg in cfgs)
+    hidden = sorted({",".join(map(str, cfg.hidden)) for cfg in cfgs})
+    check_fits(needed, f"a stack of {len(cfgs)} concat heads (hidden={' / '.join(hidden)}) on inputs "
+                       f"video ({video_dim},), audio ({audio_dim},): training it")
     models, streams, seed_index, stream_of = [], [], {}, []
     for cfg in cfgs:
         with _seeded(cfg.seed, device):
@@ -328,7 +337,7 @@ def _stacked_dropout(x: torch.Tensor, p: float, streams, stream_of) -> torch.Ten
 
 
 @torch.no_grad()
-def _stacked_evaluate(layers, fusion, video, audio, labels) -> list[dict]:
+def _stacked_evaluate(layers, fusion, video, audio, labels, allowed=None) -> list[dict]:
     """evaluate() for every head; heads are taken a few at a time so activations stay bounded."""
     k, n = layers[0][0].shape[0], len(labels)
     widest = max(w.shape[1] for w, _ in layers)
@@ -340,7 +349,7 @@ def _stacked_evaluate(layers, fusion, video, audio, labels) -> list[dict]:
         logits = torch.cat([_stacked_logits(layers, fusion, video[r:r + rows], audio[r:r + rows], heads)
                             for r in range(0, n, rows)], dim=1)
         for head_logits in logits:
-            top1, top5 = hits(head_logits, labels).tolist()
+            top1, top5 = hits(head_logits, labels, allowed).tolist()
             scores.append({"loss": F.cross_entropy(head_logits, labels).item(), "top1": top1 / n, "top5": top5 / n})
     return scores
 

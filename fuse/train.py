@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +24,7 @@ from alphafuse.cache import FeatureSplit, check_compatible
 from .config import TrainConfig
 from .heads import Head, create_head, head_from_config
 from .inputs import HeadInputs, head_logits
+from .metrics import mask_unseen, seen_in_train
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def train_head(train: FeatureSplit, val: FeatureSplit | None = None, cfg: TrainC
     device = torch.device(cfg.device)
     data = HeadInputs(train, cfg.needs(), device, head=cfg.head)          # views averaged (fuse/inputs.py)
     val_data = HeadInputs(val, cfg.needs(), device, pool_views=False, head=cfg.head) if val is not None else None
+    allowed = seen_in_train(train)   # validation predicts as every later score does (metrics.mask_unseen)
     started = time.perf_counter()
 
     with _seeded(cfg.seed, device):  # weight init and dropout draw from the seeded global RNG
@@ -71,7 +74,7 @@ def train_head(train: FeatureSplit, val: FeatureSplit | None = None, cfg: TrainC
         for epoch in range(1, cfg.epochs + 1):
             row = {"epoch": epoch, **train_epoch(model, optimizer, data, cfg.batch_size, clip_order)}
             if val_data is not None:
-                row.update(_prefixed("val", evaluate(model, val_data)))
+                row.update(_prefixed("val", evaluate(model, val_data, allowed)))
                 stale += 1
                 if best_row is None or _rank(row) > _rank(best_row):
                     best_row, best_state, stale = row, _copy_state(model), 0
@@ -130,10 +133,15 @@ def train_epoch(model: Head, optimizer: torch.optim.Optimizer, data: HeadInputs,
     return {"train_loss": loss_sum.item() / seen, "train_top1": top1 / seen, "train_top5": top5 / seen}
 
 
-def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(top-1 hits, top-5 hits) of a batch; top-k with k = min(5, classes); top-1 is argmax's."""
+def hits(logits: torch.Tensor, labels: torch.Tensor, allowed=None) -> torch.Tensor:
+    """(top-1 hits, top-5 hits) of a batch; top-k with k = min(5, classes); top-1 is argmax's.
+    With ``allowed``, over those classes only (metrics.mask_unseen): a masked label is never a hit."""
+    logits = mask_unseen(logits, allowed)
     ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    return torch.stack([(logits.argmax(1) == labels).sum(), (ranked == labels[:, None]).any(dim=1).sum()])
+    top1, topk = logits.argmax(1) == labels, (ranked == labels[:, None]).any(dim=1)
+    if allowed is not None:
+        topk &= torch.from_numpy(np.asarray(allowed, bool)).to(labels.device)[labels]
+    return torch.stack([top1.sum(), topk.sum()])
 
 
 @torch.no_grad()
@@ -170,10 +178,11 @@ def single_thread(active: bool = True):
             torch.set_num_threads(previous)
 
 
-def evaluate(model: Head, data: HeadInputs) -> dict:
-    """Loss, top-1 and top-5 of ``model`` on one split (the per-epoch validation; full scores: metrics.score)."""
+def evaluate(model: Head, data: HeadInputs, allowed=None) -> dict:
+    """Loss, top-1 and top-5 of ``model`` on one split (the per-epoch validation; full scores: metrics.score);
+    top-1 and top-5 over the ``allowed`` classes, the loss over all (as metrics.score)."""
     logits = predict_logits(model, data)
-    top1, top5 = hits(logits, data.labels).tolist()
+    top1, top5 = hits(logits, data.labels, allowed).tolist()
     return {"loss": F.cross_entropy(logits, data.labels).item(), "top1": top1 / len(data.labels),
             "top5": top5 / len(data.labels)}
 
@@ -200,7 +209,7 @@ def _copy_state(model: torch.nn.Module) -> dict:
 
 def _check_splits(train: FeatureSplit, val: FeatureSplit | None, cfg: TrainConfig | None = None) -> None:
     if len(train) == 0:
-        raise ValueError(f"train split {train.path or train.split!r} has no clips; extract it first")
+        raise ValueError(f"train split {str(train.path or train.split)!r} has no clips; extract it first")
     if val is None:
         if cfg is not None and cfg.patience is not None:
             raise ValueError(f"patience={cfg.patience} stops on the val score: give a val split, or no patience")

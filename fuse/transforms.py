@@ -30,12 +30,13 @@ DEFAULT_ALPHA: dict[str, float | None] = {
     "learned": None,
 }
 
-# One line per transform, for command-line help.
+# One line per transform, for command-line help (literals: the CLI reads them without importing
+# torch, see catalogue.py, and adds each DEFAULT_ALPHA).
 TRANSFORM_HELP = {
     "none": "plain concatenation [video, audio]",
     "sqrt": "sqrt(relu(x)) as in the paper's code: the embeddings have negative entries, zeroed first",
-    "pos_scalar": f"x * alpha, alpha > 1 (default {DEFAULT_ALPHA['pos_scalar']:g}, the paper's text; its notebook used 2)",
-    "neg_scalar": f"x * alpha, 0 < alpha < 1 (default {DEFAULT_ALPHA['neg_scalar']:g})",
+    "pos_scalar": "x * alpha, alpha > 1 (the default is the paper's text; its notebook used 2)",
+    "neg_scalar": "x * alpha, 0 < alpha < 1",
     "scale": "x * alpha, any alpha > 0 (give alpha)",
     "learned": "x * alpha, alpha trained with the head from 1 (its own learning rate, alpha_lr)",
 }

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.paths import REPO, subset_path  # noqa: F401  (REPO for fixtures below)
+from tests.paths import subset_path
 
 
 @pytest.fixture(scope="session")

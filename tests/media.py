@@ -192,6 +192,45 @@ def cavmae_preprocess(frames, size=224, mean=(0.4850, 0.4560, 0.4060), std=(0.22
     return torch.stack(out, dim=1)
 
 
+# Kr and Kb of each standard's luma (ITU-R BT.601 and BT.709): the whole YUV -> RGB matrix.
+KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+
+
+def yuv_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An 8-bit planar YUV PyAV frame's Y, U and V as float64, chroma repeated up to the luma size."""
+    y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width].astype(np.float64)
+               for p in list(frame.planes)[:3])
+
+    def up(c):   # each chroma sample covers ceil(luma / chroma) luma samples per axis
+        rows, cols = -(-y.shape[0] // c.shape[0]), -(-y.shape[1] // c.shape[1])
+        return np.repeat(np.repeat(c, rows, 0), cols, 1)[:y.shape[0], :y.shape[1]]
+    return y, up(u), up(v)
+
+
+def yuv_to_rgb(y, u, v, matrix: str, full_range: bool) -> np.ndarray:
+    """RGB (H, W, 3) float64 in [0, 255] from YUV by the standard's definition: Y' = Kr R + Kg G
+    + Kb B, Cb = (B - Y') / (2 (1 - Kb)), Cr = (R - Y') / (2 (1 - Kr)); limited range puts Y' on
+    16..235 and Cb, Cr on 16..240, full range on 0..255."""
+    kr, kb = KR_KB[matrix]
+    scale_y, scale_c, offset_y = (255.0, 255.0, 0.0) if full_range else (219.0, 224.0, 16.0)
+    luma, cb, cr = (y - offset_y) / scale_y, (u - 128) / scale_c, (v - 128) / scale_c
+    r, b = luma + 2 * (1 - kr) * cr, luma + 2 * (1 - kb) * cb
+    g = (luma - kr * r - kb * b) / (1 - kr - kb)
+    return np.clip(np.stack([r, g, b], axis=-1) * 255, 0, 255)
+
+
+def decoded_rgb_references(path) -> list[dict[str, np.ndarray]]:
+    """Every decoded frame of ``path`` as {"bt601": RGB, "bt709": RGB}, each matrix written out
+    on the frame's own YUV planes and range (full for yuvj* or a full-range tag)."""
+    out = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            full = frame.format.name.startswith("yuvj") or frame.color_range == 2
+            planes = yuv_planes(frame)
+            out.append({m: yuv_to_rgb(*planes, m, full) for m in KR_KB})
+    return out
+
+
 def kaldi_fbank(samples, sample_rate=16000, num_mel_bins=128, window="hanning", low_freq=20.0,
                 frame_ms=25.0, shift_ms=10.0, preemphasis=0.97) -> np.ndarray:
     """Kaldi's fbank (compute-fbank-feats; feat/feature-window.cc, feature-fbank.cc, mel-computations.cc)

@@ -198,6 +198,7 @@ def test_embedding_shapes_and_input_specs():
     assert (video.num_frames, video.img_size, video.sampling, video.resize_backend, video.jpeg_quality) == \
         (10, 224, "cavmae", "pil", 75)
     assert video.mean == (0.485, 0.456, 0.406) and video.std == (0.229, 0.224, 0.225)
+    assert video.yuv_matrix == "bt601"      # OpenCV 4.6's matrix whatever the tag (data/colour.py)
     assert set(model.input_specs("video")) == {"video"} and set(model.input_specs("audio")) == {"audio"}
     with pytest.raises(ValueError, match="modality must be"):
         model.embedding_shapes("text")
@@ -211,7 +212,7 @@ def test_preprocessing_declares_the_reference_pipeline():
     assert (audio["norm_mean"], audio["norm_std"], audio["sample_rate"]) == (-5.081, 4.4849, 16000)
     assert audio["fbank"]["num_mel_bins"] == 128 and audio["fbank"]["dither"] == 0.0
     assert video["mean"] == (0.485, 0.456, 0.406) and video["std"] == (0.229, 0.224, 0.225)
-    assert video["frames_per_clip"] == 10 and video["eval_frame"] == 5
+    assert video["frames_per_clip"] == 10 and video["eval_frame"] == 5 and video["yuv_matrix"] == "bt601"
 
 
 def test_frozen_deterministic_and_batch_size_invariant():

@@ -9,6 +9,7 @@ than 0.5 and the mean by more than 2e-3; the float down-mix moves loud cells by 
 """
 import json
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -158,6 +159,34 @@ def test_stereo_becomes_half_the_sum_in_16_bit_as_ffmpeg_ac_1_writes_it(tmp_path
     assert torch.equal(torch.round(mono * 32768), mono * 32768)  # 16-bit values
     first, _ = decode_audio(path, downmix="first")
     assert torch.equal(first[0], left_right[0].float())  # sox remix 1
+
+
+def _decoded_float_planes(path) -> np.ndarray:
+    """The audio decoder's own float planes (channels, samples): no libswresample involved."""
+    with av.open(str(path)) as container:
+        planes = [frame.to_ndarray() for frame in container.decode(container.streams.audio[0])]
+    assert all(p.dtype == np.float32 and p.ndim == 2 for p in planes)   # fltp: one row per channel
+    return np.concatenate(planes, axis=1)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_16_bit_down_mix_equals_the_rule_written_out_on_the_decoded_float_planes(tmp_path, channels):
+    # An independent reference for the production path (libswresample): AAC at 16 kHz decodes to
+    # float planes; FFmpeg's -ac 1 for 16-bit output is (L + R) / 2 (mono: the channel itself), then
+    # s16 conversion av_clip_int16(lrintf(x * 32768)), read back as int16 / 32768 like torchaudio.load.
+    fn = _two_tones if channels == 2 else (lambda t: 0.6 * np.sin(2 * np.pi * 523.0 * t))
+    path = write_clip(tmp_path / "aac.mp4", channels=channels, sample_rate=16000, audio_fn=fn, size=(16, 16))
+    planes = _decoded_float_planes(path).astype(np.float64)
+    mono = planes.mean(axis=0)
+    expected = np.clip(np.rint(mono * 32768), -32768, 32767) / 32768
+    got, _ = decode_audio(path)
+    got = got[0].double().numpy()
+    assert got.shape == expected.shape
+    assert np.array_equal(np.round(got * 32768), got * 32768)              # 16-bit values
+    # One 16-bit step: float32 vs float64 order of the sum can move a value across a rounding edge.
+    assert np.abs(got - expected).max() <= 1 / 32768
+    assert np.mean(got != expected) < 0.01
+    assert np.abs(expected).max() > 0.3                                     # a real signal, not silence
 
 
 @pytest.mark.parametrize("rate,channels,suffix", [(44100, 2, ".mp4"), (48000, 6, ".mkv"),

@@ -8,10 +8,12 @@ import torch
 from PIL import Image
 
 from alphafuse.data.errors import ClipError
+from alphafuse.extract.tsam_inputs import TSAMFrames
+from alphafuse.extract.tsm import TSMFrames
 from alphafuse.data.synth import write_clip
 from alphafuse.data.tsn import (decode_tsam_frames, decode_tsm_frames, load_tsam_frames, load_tsm_frames, tsam_frame_tensor,
                       tsam_validation_indices, tsm_test_views, tsn_full_res_offsets, tsn_test_indices, tsn_val_indices)
-from tests.media import _decode_all
+from tests.media import _decode_all, decoded_rgb_references
 from tests.tsm_reference import aa_resize
 
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
@@ -143,9 +145,12 @@ def test_tsm_frames_are_the_sampled_decoded_frames(flat_clip):
     count, frames = _decode_all(flat_clip, keep=set(range(40)))
     assert count == 40
     numbers = tsn_test_indices(40, 8)
-    # At the clip's own height FFmpeg's scale filter passes frames through untouched.
-    ours = decode_tsm_frames(flat_clip, 8, height=48)
+    # At the clip's own height FFmpeg's scale filter passes frames through untouched ...
+    ours = decode_tsm_frames(flat_clip, 8, height=48, yuv_matrix="stream")
     assert all(np.array_equal(o, frames[k - 1]) for o, k in zip(ours, numbers))
+    # ... and ffmpeg's JPEG range step (limited to full, then BT.601) only rounds grey levels.
+    jpeg_like = decode_tsm_frames(flat_clip, 8, height=48)
+    assert max(np.abs(o.astype(int) - frames[k - 1]).max() for o, k in zip(jpeg_like, numbers)) <= 1
     scaled = decode_tsm_frames(flat_clip, 8)                 # vid2img_kinetics: height 331
     assert scaled[0].shape == (331, 441, 3)                  # width round(331 * 64 / 48)
     assert [_which(f) for f in scaled] == [k - 1 for k in numbers]
@@ -162,6 +167,89 @@ def test_tsam_frames_follow_the_fps_filter(flat_clip):
     assert [_which(f) for f in ours] == [source(k - 1) for k in numbers]
     x = load_tsam_frames(flat_clip, num_segments=4)
     assert x.shape == (3, 4, 224, 224) and 0 <= x.min() and x.max() <= 1 + 1e-6
+
+
+# ----------------------------------------------------------------------------- colours
+
+# Saturated colours, where BT.601 and BT.709 disagree by 10 to 30 levels (grey: not at all).
+PALETTE = [(200, 30, 60), (30, 60, 220), (20, 200, 40), (240, 240, 20), (90, 20, 160), (250, 120, 10),
+           (10, 160, 170), (180, 180, 180)]
+# Flat frames leave only rounding between swscale (range step, 8-bit lookup tables) and the
+# matrix written out in float64; a matrix mix-up costs 10 levels or more on this palette.
+LEVELS = 3
+
+
+@pytest.fixture(scope="module")
+def colour_clips(tmp_path_factory):
+    """16 flat frames at 10 fps (so TSAM's fps=10 keeps every one), tagged BT.709 (and coded
+    with it), and the same untagged (coded with swscale's default, BT.601)."""
+    folder = tmp_path_factory.mktemp("colour")
+    return {tag: write_clip(folder / f"{tag}.mp4", fps=10, duration=1.6, size=(64, 48), colorspace=tag,
+                            audio=False, frame_fn=lambda i: np.full((48, 64, 3), PALETTE[i % 8], np.uint8))
+            for tag in ("bt709", None)}
+
+
+def _worst(frames, refs, numbers, matrix) -> float:
+    return max(np.abs(f.astype(float) - refs[k - 1][matrix]).max() for f, k in zip(frames, numbers))
+
+
+@pytest.mark.parametrize("tag", ["bt709", None])
+def test_tsm_and_tsam_convert_the_streams_yuv_with_bt601_as_pillow_reads_ffmpegs_jpegs(colour_clips, tag):
+    refs = decoded_rgb_references(colour_clips[tag])
+    assert len(refs) == 16
+    tsm = decode_tsm_frames(colour_clips[tag], 8, height=48)
+    tsam = decode_tsam_frames(colour_clips[tag], 4, height=48)
+    assert tsm[0].shape == tsam[0].shape == (48, 64, 3)
+    for frames, numbers in ((tsm, tsn_test_indices(16, 8)), (tsam, tsam_validation_indices(16, 4))):
+        assert _worst(frames, refs, numbers, "bt601") <= LEVELS
+        if tag == "bt709":   # the test can tell the matrices apart
+            assert _worst(frames, refs, numbers, "bt709") > 10
+
+
+def test_the_stream_rule_gives_the_tagged_colours_and_untagged_clips_barely_change(colour_clips):
+    refs = decoded_rgb_references(colour_clips["bt709"])
+    numbers = tsn_test_indices(16, 8)
+    # Two roundings: the scale filter converts BT.709 YUV to BT.601 YUV, then to RGB.
+    assert _worst(decode_tsm_frames(colour_clips["bt709"], 8, height=48, yuv_matrix="stream"), refs, numbers,
+                  "bt709") <= LEVELS + 2
+    # Untagged: the matrix is BT.601 either way; only ffmpeg's JPEG range step rounds.
+    stream, bt601 = (decode_tsm_frames(colour_clips[None], 8, height=48, yuv_matrix=m) for m in ("stream", "bt601"))
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(stream, bt601)) <= 2
+    with pytest.raises(ValueError, match="yuv_matrix must be one of stream, bt601"):
+        decode_tsm_frames(colour_clips[None], 8, yuv_matrix="bt709")
+
+
+def test_specs_record_the_matrix_so_older_caches_are_told_apart():
+    for spec in (TSMFrames(), TSAMFrames()):
+        assert spec.yuv_matrix == "bt601" and spec.to_dict()["yuv_matrix"] == "bt601"
+        assert type(spec).from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="TSMFrames.yuv_matrix"):
+        TSMFrames(yuv_matrix="709")
+    with pytest.raises(ValueError, match="TSAMFrames.yuv_matrix"):
+        TSAMFrames(yuv_matrix=None)
+
+
+# ----------------------------------------------------------------------------- frame count
+
+@pytest.fixture(scope="module")
+def end_gap_clip(tmp_path_factory):
+    """40 grey frames at 25 fps (level 8 + 6 i), the last one 1.6 frame durations after the one
+    before: ffmpeg 5.1 writes it twice (delta = 1.6 > 1.1, lrintf(1.6) = 2 images)."""
+    times = [i / 25 for i in range(39)] + [38 / 25 + 1.6 / 25]
+    path = tmp_path_factory.mktemp("gap") / "end_gap.mp4"
+    return write_clip(path, frame_times=times, fps=25, size=(64, 48),
+                      frame_fn=lambda i: np.full((48, 64, 3), 8 + 6 * i, dtype=np.uint8))
+
+
+def test_tsm_numbers_the_images_ffmpeg_writes_after_an_end_gap(end_gap_clip):
+    count, _ = _decode_all(end_gap_clip)
+    assert count == 40
+    numbers = tsn_test_indices(41, 8)                # 41 images: the last frame twice
+    assert numbers != tsn_test_indices(40, 8)          # segments 4..7 move by one frame
+    got = decode_tsm_frames(end_gap_clip, 8, height=48)
+    assert [_which(f) for f in got] == [min(k - 1, 39) for k in numbers]
+    dense = decode_tsm_frames(end_gap_clip, 8, height=48, dense=True)
+    assert [_which(f) for f in dense] == [min(k - 1, 39) for k in tsn_test_indices(41, 8, dense=True)]
 
 
 def test_clip_errors_name_the_clip(tmp_path):

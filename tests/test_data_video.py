@@ -10,7 +10,7 @@ import torch
 import alphafuse.data.video as video_module
 from alphafuse.data import ClipError, VideoConfig, load_video, preprocess_frames, sample_indices
 from alphafuse.data.synth import write_clip
-from tests.media import (CASES, build_corpus, corpus_folder, cavmae_indices, cavmae_preprocess,
+from tests.media import (CASES, build_corpus, corpus_folder, cavmae_indices, cavmae_preprocess, decoded_rgb_references,
                          reference_clip_tensor, reference_indices, reference_preprocess,
                          reference_sampled_frames, video_fps)
 
@@ -164,7 +164,7 @@ def test_video_config_round_trips_through_json_and_validates():
     assert cfg.output_shape == (3, 3, 16, 224, 224)
     every = VideoConfig(num_frames=10, img_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                         resize=256, interpolation="bicubic", resize_backend="pil", jpeg_quality=75,
-                        sampling="cavmae", sampling_options={"seconds": 10.0, "frame_use": -1})
+                        sampling="cavmae", sampling_options={"seconds": 10.0, "frame_use": -1}, yuv_matrix="bt601")
     d = json.loads(json.dumps(every.to_dict()))
     assert d["sampling_options"] == {"frame_use": -1, "seconds": 10.0}
     assert VideoConfig.from_dict(d) == every and hash(VideoConfig.from_dict(d)) == hash(every)
@@ -175,7 +175,8 @@ def test_video_config_round_trips_through_json_and_validates():
                 dict(resize_backend="pil", spatial_crops=3), dict(jpeg_quality=75),
                 dict(resize_backend="pil", jpeg_quality=101), dict(sampling="random"),
                 dict(sampling="timesformer_window", sampling_options={"stride": 2}),
-                dict(sampling="cavmae", num_frames=4), dict(sampling_options={"x": [1]})]:
+                dict(sampling="cavmae", num_frames=4), dict(sampling_options={"x": [1]}),
+                dict(yuv_matrix="bt709")]:
         with pytest.raises(ValueError, match="VideoConfig"):
             VideoConfig(**bad)
     with pytest.raises(ValueError, match="no field crop"):
@@ -187,6 +188,7 @@ def test_video_config_of_an_older_cache_keeps_its_behaviour():
     cfg = VideoConfig.from_dict(old)
     assert cfg == VideoConfig() and cfg.short_side == 224 and cfg.sampling == "uniform"
     assert cfg.resize_backend == "torch" and cfg.interpolation == "bilinear"
+    assert cfg.yuv_matrix == "stream"     # the tagged matrix: what PyAV's conversion always gave
 
 
 # --- decoding the synthetic corpus --------------------------------------------------------------
@@ -319,3 +321,29 @@ def test_cavmae_pipeline_on_a_clip_equals_its_extraction_and_dataloader(tmp_path
     one = load_video(path, VideoConfig(num_frames=1, resize_backend="pil", mean=cfg.mean, std=cfg.std,
                                        jpeg_quality=75, sampling="cavmae"))
     assert torch.equal(one[:, 0], got[:, 5])  # the eval dataloader's middle frame
+
+
+# Saturated flat colours: BT.601 and BT.709 disagree by 10 to 30 levels on them.
+PALETTE = [(200, 30, 60), (30, 60, 220), (20, 200, 40), (240, 240, 20), (90, 20, 160), (250, 120, 10)]
+
+
+@pytest.mark.parametrize("tag", ["bt709", None])
+def test_bt601_rule_converts_the_decoded_yuv_with_bt601_whatever_the_tag(tmp_path, tag):
+    # CAV-MAE's OpenCV 4.6 converts with BT.601 always (data/colour.py). Flat frames at the
+    # output size leave only rounding (swscale's 8-bit tables) against the matrix written out.
+    path = write_clip(tmp_path / "c.mp4", fps=10, duration=0.6, size=(64, 48), colorspace=tag, audio=False,
+                      frame_fn=lambda i: np.full((48, 64, 3), PALETTE[i], np.uint8))
+    refs = decoded_rgb_references(path)
+    cfg = VideoConfig(num_frames=6, img_size=48, mean=(0, 0, 0), std=(1, 1, 1), yuv_matrix="bt601")
+    got = (load_video(path, cfg) * 255).permute(1, 2, 3, 0).numpy()          # (T, S, S, 3)
+    centre = slice(8, 56)                                                      # the 48 x 48 crop
+    for frame, ref in zip(got, refs):
+        assert np.abs(frame - ref["bt601"][:, centre]).max() <= 3
+    if tag == "bt709":
+        assert max(np.abs(f - r["bt709"][:, centre]).max() for f, r in zip(got, refs)) > 10
+        stream = load_video(path, VideoConfig(num_frames=6, img_size=48, mean=(0, 0, 0), std=(1, 1, 1)))
+        stream = (stream * 255).permute(1, 2, 3, 0).numpy()
+        assert max(np.abs(f - r["bt709"][:, centre]).max() for f, r in zip(stream, refs)) <= 3
+    else:   # untagged: both rules are the same swscale conversion
+        assert torch.equal(load_video(path, cfg), load_video(path, VideoConfig(
+            num_frames=6, img_size=48, mean=(0, 0, 0), std=(1, 1, 1))))

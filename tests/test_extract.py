@@ -151,6 +151,31 @@ def test_bad_clips_are_recorded_and_the_rest_written(tmp_path):
     assert all("\n" not in r and r for r in errors.values())
 
 
+def test_a_nan_embedding_is_a_clip_error_and_never_cached(tmp_path):
+    # A backbone that overflows on one clip (bf16 on a loud clip, a broken checkpoint) gives NaN:
+    # that clip is recorded as an error naming the precision hint, the others are cached.
+    root = tmp_path / "clips"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        write_clip(root / f"{name}.mp4", duration=0.5, size=(32, 32))
+    (root / "manifest.csv").write_text("path,label,split\n" + "".join(f"{n}.mp4,x,train\n" for n in "abc"))
+    video, audio = _tiny_models()
+    honest = audio.extract
+
+    def poisoned(modality, inputs, extras):
+        out = honest(modality, inputs, extras)
+        out["audio"][1, 0] = float("nan")          # the second clip of the batch
+        return out
+
+    audio.extract = poisoned
+    summary = extract_split(read_manifest(root / "manifest.csv"), "train", tmp_path / "cache", video, audio,
+                            batch_size=3, workers=0, precision="bf16")
+    cache = read_split(summary.cache_path)
+    assert cache.clip_ids == ["a", "c"]
+    assert dict(cache.errors) == {"b": "the backbones gave NaN or infinite embeddings (try --precision fp32)"}
+    assert np.isfinite(cache.audio).all() and np.isfinite(cache.video).all()
+
+
 def test_resume_with_other_backbones_is_refused(subset_dir, tmp_path):
     common = ["extract", "--manifest", str(subset_dir / "manifest.csv"), "--split", "val", "--limit", "3",
               "--cache-dir", str(tmp_path), *TINY]

@@ -137,7 +137,7 @@ def test_tsam_cache_gives_its_classifier_from_the_embeddings(clips, tmp_path):
 
 
 def test_tsm_two_clips_three_crops_are_six_views_temporal_major(long_clips, tmp_path):
-    from alphafuse.data.specs import TSMFrames
+    from alphafuse.extract.tsm import TSMFrames
     from alphafuse.extract import load_tsm
     video = load_tsm(num_segments=4, arch="tiny")
     audio = load_ast(arch="tiny", input_tdim=128)

@@ -355,7 +355,7 @@ def test_load_run_round_trip_gives_identical_logits(run_dir, splits):
     video, audio = torch.from_numpy(test.video), torch.from_numpy(test.audio)
     with torch.no_grad():
         assert torch.equal(model(video, audio), retrained(video, audio))
-    assert evaluate_run(out, test) == {**metrics["test"], "unseen_in_train": []}
+    assert evaluate_run(out, test) == {**metrics["test"], "unseen_in_train": [], "masked_in_prediction": []}
     assert evaluate_run(out, test, which="last")["top1"] == metrics["last"]["test"]["top1"]
 
 
@@ -431,7 +431,7 @@ def test_existing_run_is_refused_and_an_interrupted_overwrite_leaves_nothing_sta
         fuse_run(train, val, test, replace(cfg, seed=3), out, overwrite=True)
     # The old run's files were removed before the new one was written; the half-written head
     # never reached its real name, and nothing says the run finished.
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock"]   # its lock and marker
     with pytest.raises(FileNotFoundError, match="head.pt not found"):
         load_run(out)
 
@@ -445,8 +445,8 @@ def test_overwrite_removes_the_previous_runs_plots(splits, tmp_path):
     stray = out / "notes.txt"   # not a run file: left alone
     stray.write_text("mine")
     fuse_run(train, None, None, cfg, out, overwrite=True)   # no held-out split: no confusion matrix
-    assert sorted(p.name for p in out.iterdir()) == ["head.pt", "history.csv", "learning_curves.png",
-                                                     "metrics.json", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock", "config.json", "head.pt",
+                                                     "history.csv", "learning_curves.png", "metrics.json", "notes.txt"]
     assert json.loads((out / "metrics.json").read_text())["test"] is None
 
 
@@ -478,3 +478,60 @@ def test_confusion_matrix_with_many_classes_draws_only_present_ones(tmp_path):
     with Image.open(tmp_path / "cm.png") as image:
         assert image.format == "PNG"
         image.verify()
+
+
+def test_no_reported_score_exceeds_its_ceiling_when_every_test_label_is_unseen(tmp_path):
+    """Train on classes 0-2, test on 3-5 only: the learnable ceiling is 0, and so must be every
+    top-1 and top-5 fuse, evaluate and the predictions CSV report. A nearly untrained head (lr
+    1e-6) ranks its untrained classes first about half the time, so without the mask the test
+    top-1 is well above 0 (checked first: the test would catch the bound broken)."""
+    from alphafuse.fuse.evaluation import split_logits
+
+    train = make_split("train", 90, 0, classes=range(3))
+    val, test = make_split("val", 30, 1, classes=range(3, 6)), make_split("test", 60, 2, classes=range(3, 6))
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "lr": 1e-6})
+    metrics = fuse_run(train, val, test, cfg, tmp_path / "run")
+    head, _ = load_run(tmp_path / "run")
+    raw = split_logits(head, test).argmax(1).numpy()
+    assert (raw == test.labels).mean() > 0.05   # chance hits the mask must remove
+    assert metrics["learnable"]["test"] == {"clips": 60, "seen_label_clips": 0, "max_top1": 0.0, "masked_classes": 3}
+    assert metrics["masked_in_prediction"] == NAMES[3:]
+    for which in (metrics, metrics["last"]):
+        for name in ("val", "test"):
+            assert which[name]["top1"] == 0.0 and which[name]["top5"] == 0.0
+            assert which[name]["masked_classes"] == 3
+            assert all(which[name]["per_class"][n]["ap"] == 0.0 for n in NAMES[3:])
+            assert math.isfinite(which[name]["loss"])
+    assert set(metrics["missing_modality"]["test"].values()) == {0.0}
+    again = evaluate_run(tmp_path / "run", test, tmp_path / "pred.csv")
+    assert again["top1"] == again["top5"] == 0.0 and again["masked_in_prediction"] == NAMES[3:]
+    with open(tmp_path / "pred.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["predicted"] for r in rows} <= set(NAMES[:3])
+    assert all(float(r[n]) == 0.0 for r in rows for n in NAMES[3:])
+
+
+def test_masking_keeps_top5_honest_with_fewer_allowed_classes_than_five():
+    """Two allowed classes of six: a top-5 over masked logits must not count the -inf tail."""
+    logits = np.array([[0.0, 1.0, 9.0, 8.0, 7.0, 6.0], [2.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    allowed = np.array([True, True, False, False, False, False])
+    out = score(logits, np.array([3, 1]), 6, allowed=allowed)
+    assert out["top1"] == 0.0   # clip 0 predicts class 1, clip 1 class 0
+    assert out["top5"] == 0.5   # clip 1's label (1) is in its two allowed guesses; clip 0's (3) never
+    assert out["loss"] == pytest.approx(score(logits, np.array([3, 1]), 6)["loss"])   # the unmasked objective
+    with pytest.raises(ValueError, match="no class is allowed"):
+        score(logits, np.array([3, 1]), 6, allowed=np.zeros(6, bool))
+
+
+def test_the_best_epoch_is_chosen_on_the_masked_val_score_that_is_reported(tmp_path):
+    """history.csv's val top-1 at the best epoch is the val top-1 metrics.json reports: the
+    per-epoch validation masks the classes absent from train as the final scores do."""
+    train = make_split("train", 120, 0, classes=range(4))
+    val, test = make_split("val", 60, 1), make_split("test", 60, 2)
+    metrics = fuse_run(train, val, test, TrainConfig(**{**FAST, "epochs": 4, "lr": 1e-4}), tmp_path / "run")
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+    best = rows[metrics["best_epoch"]]
+    assert float(best["val_top1"]) == pytest.approx(metrics["val"]["top1"], abs=1e-9)
+    assert float(best["val_top5"]) == pytest.approx(metrics["val"]["top5"], abs=1e-9)
+    assert all(float(r["val_top1"]) <= metrics["learnable"]["val"]["max_top1"] for r in rows.values())

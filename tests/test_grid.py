@@ -422,8 +422,9 @@ def test_overwritten_grid_keeps_no_file_of_the_previous_one(splits, tmp_path):
     run_grid(*splits, sweep("scale", "video", "0.5,1", seeds=1, base=base, learned=False), out)
     assert (out / "alpha_curve.png").is_file()
     run_grid(*splits, paper_preset(seeds=1, base=base)[:2], out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.npz", "preset_bars.png", "results.csv",
-                                                     "summary.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".alphafuse.json", ".alphafuse.lock", "config.json",
+                                                     "predictions.npz", "preset_bars.png", "results.csv", "summary.csv",
+                                                     "summary.json"]
     assert len(read_csv(out / "results.csv")) == 2
 
 
@@ -504,5 +505,22 @@ def test_grid_states_the_learnable_ceiling(splits, tmp_path):
     train = make_split("train", 100, 0, classes=range(4))
     result = run_grid(train, val, test, paper_preset(seeds=1, base=replace(SMALL, epochs=1))[:1])
     seen = int(np.isin(test.labels, range(4)).sum())
-    assert result.ceiling == {"clips": 60, "seen_label_clips": seen, "max_top1": seen / 60}
+    assert result.ceiling == {"clips": 60, "seen_label_clips": seen, "max_top1": seen / 60, "masked_classes": 2}
     assert f"learnable ceiling: {seen} of 60 test clips" in format_summary_table(result.summary)
+    assert "the 2 class(es) absent from train are masked in prediction" in format_summary_table(result.summary)
+
+
+def test_no_grid_row_exceeds_the_ceiling_when_every_test_label_is_unseen(tmp_path):
+    """Train on classes 0-2, test on 3-5: every row, with a modality missing too, scores 0, and no
+    row predicts a class it never saw, whichever way it was trained (stacked or one per task)."""
+    train = make_split("train", 90, 0, classes=range(3))
+    val, test = make_split("val", 30, 1, classes=range(3, 6)), make_split("test", 60, 2, classes=range(3, 6))
+    base = replace(SMALL, epochs=1, lr=1e-6)   # nearly untrained: unmasked, chance hits would score
+    configs = paper_preset(seeds=2, base=base) + [replace(base, head="gated", seed=0)]
+    for method in ("vectorized", "joblib"):
+        result = run_grid(train, val, test, configs, tmp_path / method, jobs=1, method=method)
+        assert result.ceiling["max_top1"] == 0.0
+        for row in result.rows:
+            assert row["test_top1"] == row["test_top5"] == row["test_top1_no_video"] == row["test_top1_no_audio"] == 0
+        assert result.predicted.max() < 3
+        assert "the 3 class(es) absent from train are masked in prediction" in format_summary_table(result)

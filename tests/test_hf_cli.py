@@ -72,7 +72,7 @@ def test_extract_fuse_predict_with_videomae_and_ast(snaps, clips, tmp_path):
         "audio-spectrogram-transformer"
 
     # the cached rows are load_hf(...).embed on the processor's output for the decoded clip
-    from alphafuse.data.hf_processor import decode_rgb_frames
+    from alphafuse.extract.hf_inputs import decode_rgb_frames
     from alphafuse.data.manifest import read_manifest
     from alphafuse.extract import load_hf
     enc = load_hf(video)
@@ -115,9 +115,9 @@ def test_extract_with_a_wav2vec2_audio_encoder_and_the_wrong_role(snaps, clips, 
 
 def test_specs_equal_the_processor_on_the_same_decoded_input(snaps, clips):
     from alphafuse.data.audio import decode_audio
-    from alphafuse.data.hf_processor import decode_rgb_frames
+    from alphafuse.extract.hf_inputs import decode_rgb_frames
     from alphafuse.data.manifest import read_manifest
-    from alphafuse.data.specs import spec_from_dict
+    from alphafuse.extract.registry import spec_from_dict
     from alphafuse.extract import load_hf
     path = read_manifest(clips).split("train")[0].path
 
@@ -126,7 +126,7 @@ def test_specs_equal_the_processor_on_the_same_decoded_input(snaps, clips):
     frames = decode_rgb_frames(path, 4)
     want = enc.processor(frames, return_tensors="pt")["pixel_values"][0]
     assert torch.equal(spec.load(path, "c"), want)
-    import alphafuse.data.hf_processor as hp
+    import alphafuse.extract.hf_inputs as hp
     hp._PROCESSORS.clear()          # rebuilt from the recorded configuration alone, as in a worker or predict
     again = spec_from_dict("video", json.loads(json.dumps(spec.to_dict())))
     assert again == spec and torch.equal(again.load(path, "c"), want)

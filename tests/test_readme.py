@@ -39,6 +39,7 @@ def test_runnable_blocks_run_as_written(subset_dir, tmp_path):
             assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout}\n{proc.stderr}"
     assert (work / "subset-cache" / "train.h5").exists()
     assert (work / "subset-runs" / "neg" / "metrics.json").exists()
+    assert (work / "subset-runs" / "neg" / "vggsounder-train.json").exists()   # its train split has VGGSounder clips
     assert (work / "subset-grid" / "results.csv").exists()
     assert (work / "subset-heads" / "summary.json").exists()
     assert (work / "subset-runs" / "cavmae-probe" / "metrics.json").exists()

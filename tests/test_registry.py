@@ -33,8 +33,11 @@ class FrameMean(nn.Module):
     def embedding_shapes(self, modality="video", extras=Extras()):
         return {"video": (self.embed_dim,)}
 
+    def forward_features(self, video):
+        return self.proj(video.mean(dim=(3, 4)).transpose(1, 2))       # (B, T, dim)
+
     def extract(self, modality, inputs, extras=Extras()):
-        return {"video": self.proj(inputs["video"].mean(dim=(3, 4)).transpose(1, 2)).mean(dim=1)}
+        return {"video": self.forward_features(inputs["video"]).mean(dim=1)}
 
 
 @register_backbone("framemean_test", modality="video", help="a toy backbone registered by a test")
@@ -45,9 +48,14 @@ def load_framemean(checkpoint=None, dim: int = 8, num_frames: int = 3, seed: int
 
 
 def test_every_family_module_is_discovered_and_registered():
-    families = {m.name for m in pkgutil.iter_modules(extract.__path__)} - extract._INFRASTRUCTURE
-    assert families == {"ast", "cavmae", "hf", "timesformer", "tsam", "tsm"}
-    assert {"ast", "cavmae", "timesformer", "tsam", "tsm"} <= set(backbone_names())
+    modules = {m.name for m in pkgutil.iter_modules(extract.__path__)} - extract._INFRASTRUCTURE
+    families = {m for m in modules if not m.endswith("_inputs")}
+    # A family's second module (its preprocessing) sits beside its model file, never alone.
+    assert {m.removesuffix("_inputs") for m in modules - families} <= families
+    # Every family file registers a backbone: a new file is discovered without a list to edit.
+    registered_in = {get_backbone(n).build.__module__.rsplit(".", 1)[-1] for n in backbone_names()}
+    assert families <= registered_in
+    assert {"ast", "cavmae", "timesformer", "tsam", "tsm"} <= families
     assert set(backbone_names("video")) >= {"timesformer", "tsm", "cavmae", "tsam"}
     assert "tsm" not in backbone_names("audio") and get_backbone("tsam").modality == "audiovisual"
 
@@ -76,3 +84,22 @@ def test_a_registered_backbone_extracts_rebuilds_and_predicts(tmp_path):
     assert torch.equal(rebuilt.proj.weight, video.proj.weight)
     fuse_run(cache, None, None, TrainConfig(epochs=1, hidden=(4,)), tmp_path / "run")
     assert len(AlphaTransformer.from_run(tmp_path / "run").predict_files([tmp_path / "c0.mp4"], top_k=1)[0]["top"]) == 1
+
+
+def test_a_build_lacking_what_the_backbone_protocol_states_is_refused(monkeypatch):
+    import alphafuse.extract.registry as registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))   # registered for this test only
+
+    class SpecsOnly(nn.Module):
+        def input_specs(self, modality="video"):
+            return {"video": VideoConfig(num_frames=2, img_size=32)}
+
+    @register_backbone("specs_only_test", modality="video")
+    def load_specs_only(checkpoint=None, seed: int = 0):
+        return build_backbone(SpecsOnly, "SpecsOnly", dict(model="specs_only_test"), checkpoint, seed, lambda sd, m: sd)
+
+    with pytest.raises(TypeError, match="backbone specs_only_test: SpecsOnly lacks embedding_shapes, extract, "
+                                        "forward_features"):
+        create_backbone("specs_only_test")
+    assert isinstance(create_backbone("framemean_test"), registry.Backbone)

@@ -22,14 +22,18 @@ import torch
 from alphafuse.cache import FeatureSplit, check_compatible
 
 from ..config import TrainConfig
-from ..evaluation import learnable, missing_modality_top1, split_logits
+from ..evaluation import learnable, predicted_classes, split_logits
+from ..heads import MODALITY_NAMES
 from ..inputs import require_embeddings
-from ..metrics import score
-from ..run import check_out_dir, prepare_out_dir
+from ..metrics import score, seen_in_train
+from ..folder import check_kind, claim, mark, remove_files
+from ..provenance import cache_identity
+from ..run import check_out_dir
 from ..stacked import stack_key, stackable, train_heads_stacked
 from ..train import TrainResult, single_thread, train_head
 from .configs import config_key, describe
 from .report import GRID_FILES, GRID_MARKERS, RESULT_COLUMNS, write_grid
+from .resume import ROWS_DIR, check_same_settings, grid_settings, load_rows, save_row
 from .summary import best_alphas, compare_heads, summarize
 
 log = logging.getLogger(__name__)
@@ -69,11 +73,15 @@ class GridResult:
     files: dict[str, Path] = field(default_factory=dict)
     ceiling: dict = field(default_factory=dict)
     head_comparison: list[dict] = field(default_factory=list)
+    # Row i's predicted class per test clip with that modality's inputs zeroed (the confusion rates).
+    predicted_zeroed: dict[str, np.ndarray] = field(default_factory=dict)
+    vggsounder: dict = field(default_factory=dict)   # grid/vggsounder.py: the labels and clips matched
 
 
 def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, configs: Sequence[TrainConfig],
              out_dir=None, *, jobs: int | None = None, method: str = "auto", progress: Progress | None = None,
-             overwrite: bool = False, resamples: int = 2000, bootstrap_seed: int = 0) -> GridResult:
+             overwrite: bool = False, resamples: int = 2000, bootstrap_seed: int = 0,
+             vggsounder=None, record: dict | None = None) -> GridResult:
     """Train and score every configuration; summarise; write ``out_dir`` when given.
 
     ``jobs``: single-threaded worker processes (None: one per core; 1: in this process).
@@ -84,8 +92,12 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     ``fuse_run`` of the same configuration and seed (tests/test_grid.py checks it).
     ``progress(done, total, row)`` is called as each configuration and seed finishes. Splits
     from other backbones, preprocessing or labels, or lacking an embedding a head reads, an
-    existing grid in ``out_dir`` (unless ``overwrite``) and bad arguments are refused before
-    any training; the directory is written (an overwritten grid's files removed) at the end.
+    existing grid in ``out_dir`` (unless ``overwrite``), a run folder, a folder another command
+    is writing, and bad arguments are refused before any training or folder. With ``out_dir``,
+    each row is saved as it finishes and a grid stopped midway resumes (fuse/grid/resume.py);
+    ``record``: more to write into config.json. ``vggsounder``: the test split matched to
+    VGGSounder (``fuse.vggsounder.match``), whose hit@1 and confusion rates then join the
+    summary (grid/vggsounder.py).
     """
     configs = list(configs)
     if not configs:
@@ -96,28 +108,66 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     _check_splits(train, val, test, configs)
     jobs = _resolve_jobs(jobs, len(configs))
     chosen = choose_method(configs, train) if method == "auto" else method
-    if out_dir is not None:
-        check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")
-    log.info("grid: %d trainings (%d configurations), method %s, %d job(s)", len(configs),
-             len({config_key(c) for c in configs}), chosen, jobs)
+    if out_dir is None:
+        return _grid(train, val, test, configs, jobs, chosen, progress, resamples, bootstrap_seed, None, {},
+                     vggsounder)
+    check_kind(out_dir, "grid")
+    check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")
+    identity = cache_identity({"train": train, "val": val, "test": test})
+    settings = grid_settings(configs, identity, resamples, bootstrap_seed)
+    with claim(out_dir, "grid", GRID_FILES) as folder:
+        out = check_out_dir(out_dir, overwrite, GRID_MARKERS, "grid")   # again, under the lock
+        if overwrite or folder.settings is None:
+            remove_files(out, GRID_FILES)   # an overwritten grid, or one from before resumable grids
+        else:
+            check_same_settings(out, folder.settings, settings)
+        mark(out, "grid", settings)
+        done = load_rows(out, configs)
+        config = {"command": "grid", "cache": identity, "configs": len(configs), "backbones": train.backbones,
+                  "preprocessing": train.preprocessing, "extraction": train.attrs.get("extraction", {}),
+                  **(record or {})}
+        result = _grid(train, val, test, configs, jobs, chosen, progress, resamples, bootstrap_seed, out, done,
+                       vggsounder)
+        result.files = write_grid(out, result, resamples, config)
+        remove_files(out, [ROWS_DIR])   # summary.json says it all now; the rows served resumption
+    return result
+
+
+def _grid(train, val, test, configs, jobs, chosen, progress, resamples, bootstrap_seed, out, done,
+          vggsounder=None) -> GridResult:
+    """Train the configurations not ``done`` (saving each row into ``out`` as it finishes), then summarise."""
+    todo = [i for i in range(len(configs)) if i not in done]
+    log.info("grid: %d trainings (%d configurations, %d done before), method %s, %d job(s)", len(todo),
+             len({config_key(c) for c in configs}), len(done), chosen, jobs)
+    scored: list = [done.get(i) for i in range(len(configs))]
+
+    def finished(j, metrics, predicted):
+        i = todo[j]
+        scored[i] = (metrics, predicted)
+        if out is not None:
+            save_row(out, i, configs[i], metrics, predicted)
 
     started = time.perf_counter()
-    scored = _run(train, val, test, configs, jobs, chosen, progress)
+    if todo:
+        _run(train, val, test, [configs[i] for i in todo], min(jobs, len(todo)), chosen, progress, finished,
+             offset=len(done), total=len(configs))
     seconds = time.perf_counter() - started
 
     ids = _config_ids(configs)
     rows = [_result_row(cfg, metrics, ids) for cfg, (metrics, _) in zip(configs, scored)]
-    predicted = np.stack([p for _, p in scored])
+    every = np.stack([p for _, p in scored])   # (rows, both / no video / no audio, clips)
+    predicted = every[:, 0]
     summary = summarize(rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     comparison = compare_heads(summary, rows, predicted, test.labels, resamples=resamples, seed=bootstrap_seed)
     ceiling = learnable(train, test)
     for entry in summary:   # the table and plots read them from any summary row
         entry["_context"] = {"ceiling": ceiling, "head_comparison": comparison, "test_clips": len(test)}
     result = GridResult(rows, summary, best_alphas(summary), predicted, test.labels.copy(), list(test.clip_ids),
-                        chosen, jobs, seconds, ceiling=ceiling, head_comparison=comparison)
-    if out_dir is not None:
-        out = prepare_out_dir(out_dir, overwrite, GRID_MARKERS, "grid", known=GRID_FILES)
-        result.files = write_grid(out, result, resamples)
+                        chosen, jobs, seconds, ceiling=ceiling, head_comparison=comparison,
+                        predicted_zeroed={f"no_{m}": every[:, 1 + i] for i, m in enumerate(MODALITY_NAMES)})
+    if vggsounder is not None:
+        from .vggsounder import add_vggsounder
+        add_vggsounder(result, vggsounder, resamples=resamples, seed=bootstrap_seed)
     log.info("grid done in %.1f s", seconds)
     return result
 
@@ -144,7 +194,8 @@ def head_parameters(cfg: TrainConfig, video_dim: int, audio_dim: int, num_classe
     return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def _run(train, val, test, configs, jobs: int, method: str, progress) -> list[tuple[dict, np.ndarray]]:
+def _run(train, val, test, configs, jobs: int, method: str, progress, finished, offset: int = 0,
+         total: int | None = None) -> None:
     """Spread the trainings over ``jobs`` single-threaded processes: one task per configuration,
     or per stack of configurations.
 
@@ -164,15 +215,13 @@ def _run(train, val, test, configs, jobs: int, method: str, progress) -> list[tu
         parallel = Parallel(n_jobs=jobs, backend="loky", inner_max_num_threads=1, return_as="generator_unordered")
         outcomes = parallel(delayed(_task)(members, stacked, train, val, test, [configs[i] for i in members])
                             for members, stacked in tasks)
-    scored: list = [None] * len(configs)
-    done = 0
+    done, total = offset, total or len(configs)
     for members, results in outcomes:
         for i, (metrics, predicted) in zip(members, results):
-            scored[i] = (metrics, predicted)
+            finished(i, metrics, predicted)   # saved at once: a grid stopped later resumes after it
             done += 1
             if progress is not None:
-                progress(done, len(configs), {**_labels(configs[i]), **metrics})
-    return scored
+                progress(done, total, {**_labels(configs[i]), **metrics})
 
 
 def stack_size(params: int) -> int:
@@ -210,18 +259,23 @@ def _task(members: list[int], stacked: bool, train, val, test, cfgs: list[TrainC
             results = train_heads_stacked(train, val, cfgs, max_stack=len(cfgs))
         else:
             results = [train_head(train, val, cfg) for cfg in cfgs]
-        return [int(i) for i in members], [_score(result, val, test) for result in results]
+        allowed = seen_in_train(train)
+        return [int(i) for i in members], [_score(result, val, test, allowed) for result in results]
 
 
-def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit) -> tuple[dict, np.ndarray]:
+def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit, allowed) -> tuple[dict, np.ndarray]:
     """The val and test scores fuse_run reports for this head (its metrics.json), its test top-1
-    with each modality zeroed, and its predicted class per test clip."""
+    with each modality zeroed, and its predicted class per test clip: (3, clips), with both
+    modalities, then with each of MODALITY_NAMES zeroed (as missing_modality_top1 scores it), all
+    over the ``allowed`` classes (those seen in training; metrics.mask_unseen)."""
     logits = split_logits(result.model, test)
-    scores = score(logits, test.labels, test.num_classes, label_names=test.label_names)
+    scores = score(logits, test.labels, test.num_classes, label_names=test.label_names, allowed=allowed)
     val_scores = {"top1": None, "loss": None}
     if val is not None:
-        val_scores = score(split_logits(result.model, val), val.labels, val.num_classes, label_names=val.label_names)
-    missing = missing_modality_top1(result.model, test)
+        val_scores = score(split_logits(result.model, val), val.labels, val.num_classes, label_names=val.label_names,
+                           allowed=allowed)
+    zeroed = [predicted_classes(split_logits(result.model, test, zeroed=(m,)), allowed) for m in MODALITY_NAMES]
+    missing = {f"no_{m}": float((p == test.labels).mean()) for m, p in zip(MODALITY_NAMES, zeroed)}
     trained = result.model.trained_values()
     metrics = {
         "val_top1": val_scores["top1"], "val_loss": val_scores["loss"],
@@ -231,7 +285,7 @@ def _score(result: TrainResult, val: FeatureSplit | None, test: FeatureSplit) ->
         "learned_alpha": trained.get("learned_alpha"), "learned_weight": trained.get("learned_weight"),
         "train_seconds": result.seconds,
     }
-    return metrics, logits.argmax(1).numpy().astype(np.int32)
+    return metrics, np.stack([predicted_classes(logits, allowed), *zeroed]).astype(np.int32)
 
 
 def _resolve_jobs(jobs: int | None, tasks: int) -> int:
@@ -256,7 +310,7 @@ def _check_splits(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSp
     if test is None or len(test) == 0:
         raise ValueError("a grid needs a test split with clips: its results are test scores")
     if len(train) == 0:
-        raise ValueError(f"train split {train.path or train.split!r} has no clips; extract it first")
+        raise ValueError(f"train split {str(train.path or train.split)!r} has no clips; extract it first")
     check_compatible(train, *(s for s in (val, test) if s is not None))
     for names, head in {cfg.needs(): cfg.head for cfg in configs}.items():
         for split in (s for s in (train, val, test) if s is not None):

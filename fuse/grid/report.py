@@ -2,7 +2,8 @@
 
 Output directory: results.csv (one row per configuration and seed), summary.csv and
 summary.json (one row per configuration; summary.json is written last and marks a finished
-grid), predictions.npz (each row's predicted class per test clip, to recompute any interval),
+grid), predictions.npz (each row's predicted class per test clip, to recompute any interval;
+predicted_no_video/no_audio: the same with that modality's inputs zeroed),
 alpha_curve.png (when some target was swept over several alphas) or preset_bars.png.
 """
 from __future__ import annotations
@@ -26,16 +27,19 @@ SUMMARY_JSON = "summary.json"
 PREDICTIONS_FILE = "predictions.npz"
 ALPHA_CURVE_FILE = "alpha_curve.png"
 BARS_FILE = "preset_bars.png"
-GRID_MARKERS = (RESULTS_FILE, SUMMARY_JSON)
+GRID_MARKERS = (SUMMARY_JSON,)   # a finished grid: summary.json is written last
 RESULT_COLUMNS = ("head", "modalities", "target", "transform", "alpha", "seed", "val_top1", "test_top1", "test_top5",
                   "test_map", "test_loss", "test_top1_no_video", "test_top1_no_audio", "best_epoch",
                   "learned_alpha", "learned_weight", "val_loss", "train_seconds", "config_id", "config")
-# Every file a grid writes, the finished-grid marker first: an overwrite removes them all.
-GRID_FILES = (SUMMARY_JSON, RESULTS_FILE, SUMMARY_CSV, PREDICTIONS_FILE, ALPHA_CURVE_FILE, BARS_FILE)
+CONFIG_FILE = "config.json"
+# Every file a grid writes, the finished-grid marker first: an overwrite removes them all
+# (rows/: each configuration's scores as it finished, fuse/grid/resume.py).
+GRID_FILES = (SUMMARY_JSON, RESULTS_FILE, SUMMARY_CSV, PREDICTIONS_FILE, ALPHA_CURVE_FILE, BARS_FILE, CONFIG_FILE,
+              "rows")
 
 
-def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
-    """Write results, summary, predictions and plots into ``out``; summary.json goes last."""
+def write_grid(out: Path, result, resamples: int, config: dict | None = None) -> dict[str, Path]:
+    """Write results, summary, predictions, plots and config.json into ``out``; summary.json goes last."""
     out = Path(out)
     files = {"results": out / RESULTS_FILE, "summary_csv": out / SUMMARY_CSV, "predictions": out / PREDICTIONS_FILE}
     _write_csv(files["results"], result.rows, RESULT_COLUMNS)
@@ -43,7 +47,8 @@ def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
     _write_csv(files["summary_csv"], result.summary, summary_columns)
     with atomic_write(files["predictions"]) as f:
         np.savez_compressed(f, predicted=result.predicted, labels=result.test_labels,
-                            clip_ids=np.array(result.test_clip_ids))
+                            clip_ids=np.array(result.test_clip_ids),
+                            **{f"predicted_{k}": v for k, v in result.predicted_zeroed.items()})
     if has_alpha_curve(result.summary):
         files["alpha_curve"] = out / ALPHA_CURVE_FILE
         with atomic_write(files["alpha_curve"]) as f:
@@ -52,6 +57,10 @@ def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
         files["bars"] = out / BARS_FILE
         with atomic_write(files["bars"]) as f:
             bars_plot(result.summary, result.rows, f, len(result.test_labels))
+    if config is not None:
+        files["config"] = out / CONFIG_FILE
+        with atomic_write(files["config"], "w") as f:
+            json.dump(_json_safe(config), f, indent=2, default=str)
     files["summary_json"] = out / SUMMARY_JSON
     payload = {
         "configs": [{k: v for k, v in s.items() if not k.startswith("_")} for s in result.summary],
@@ -61,6 +70,7 @@ def write_grid(out: Path, result, resamples: int) -> dict[str, Path]:
         "test_clips": len(result.test_labels), "runs": len(result.rows), "method": result.method,
         "jobs": result.jobs, "seconds": round(result.seconds, 3), "confidence": CONFIDENCE, "resamples": resamples,
         "intervals": INTERVALS_NOTE,
+        **({"vggsounder": result.vggsounder} if result.vggsounder else {}),
     }
     with atomic_write(files["summary_json"], "w") as f:
         json.dump(_json_safe(payload), f, indent=2)
@@ -74,7 +84,13 @@ INTERVALS_NOTE = (
     "percentile bootstrap over test clips (per-clip correctness averaged over those seeds, clips resampled "
     "with replacement): it covers the choice of test clips, the t-interval the training noise. head_comparison: "
     "the same paired bootstrap between two heads. test_top1_no_video/no_audio: test top-1 with that modality's "
-    "inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets the others right.")
+    "inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets the others right: "
+    "the masked_classes (absent from train) are masked in every prediction, so no head ever predicts them.")
+
+
+def _masked_note(ceiling: dict) -> str:
+    count = ceiling.get("masked_classes")
+    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
 
 
 def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -149,7 +165,7 @@ def format_summary_table(summary, test_clips: int | None = None) -> str:
     ceiling = context.get("ceiling")
     if ceiling:
         out.append(f"learnable ceiling: {ceiling['seen_label_clips']} of {ceiling['clips']} test clips have a label "
-                   f"seen in training (top-1 at most {_fmt(ceiling['max_top1'])})")
+                   f"seen in training (top-1 at most {_fmt(ceiling['max_top1'])})" + _masked_note(ceiling))
     note = "intervals: t over seeds; vs none: paired bootstrap over test clips, seeds pooled; no video/audio: " \
            "test top-1 with that modality zeroed"
     if test_clips:

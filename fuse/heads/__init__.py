@@ -19,9 +19,12 @@ import inspect
 import pkgutil
 from dataclasses import dataclass, field
 
+from alphafuse.data.memory import check_fits, module_bytes
+from alphafuse.settings import SETTINGS
+
 from .base import MODALITY_NAMES, SHARED_OPTIONS, FusionHead, Head, drop_modalities, modality_of
 
-DEFAULT_HEAD = "concat"
+DEFAULT_HEAD = SETTINGS["head"].default   # --head, defined once in settings.py
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,10 @@ def create_head(name: str, shapes: dict, num_classes: int, **options) -> Head:
     if unknown:
         raise ValueError(f"head {name} has no option {', '.join(unknown)}; its options are "
                          f"{', '.join(sorted(entry.options))}")
+    # Sized on the meta device first: weights, gradients and Adam's two moments, 4 copies.
+    needed = 4 * module_bytes(entry.cls.build, shapes, num_classes, **options)
+    shown = ", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None)
+    check_fits(needed, f"head {name} ({shown}) on inputs {shapes}: training it")
     return entry.cls.build(shapes, num_classes, **options)
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alphafuse.settings import SETTINGS
+
 MODALITY_NAMES = ("video", "audio")
 
 # Options that live in TrainConfig's own fields (the rest of a head's options go in
@@ -52,6 +54,12 @@ def drop_modalities(inputs: dict, p: float) -> dict:
     return out
 
 
+# The paper's MLP (1536 -> 1024 -> 512 -> classes, dropout 0.5), defined once in settings.py's table
+# (--hidden, --dropout); every MLP head's signature and TrainConfig take these.
+HIDDEN: tuple[int, ...] = SETTINGS["hidden"].default
+DROPOUT: float = SETTINGS["dropout"].default
+
+
 class FusionHead(nn.Sequential):
     """``in_dim -> hidden[0] -> ... -> num_classes`` with ReLU and dropout after each hidden layer.
 
@@ -59,8 +67,8 @@ class FusionHead(nn.Sequential):
     linear probe.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: Sequence[int] = (1024, 512),
-                 dropout: float = 0.5):
+    def __init__(self, in_dim: int, num_classes: int, hidden: Sequence[int] = HIDDEN,
+                 dropout: float = DROPOUT):
         sizes = [int(in_dim), *(int(h) for h in hidden)]
         if any(s < 1 for s in sizes) or num_classes < 1:
             raise ValueError(f"head sizes must be positive, got in_dim={in_dim}, hidden={tuple(hidden)}, "

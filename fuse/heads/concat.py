@@ -14,7 +14,7 @@ import torch
 
 from ..transforms import MODALITIES, ScaledConcat
 from . import register_head
-from .base import FusionHead, Head, check_mlp
+from .base import DROPOUT, HIDDEN, FusionHead, Head, check_mlp
 
 
 @register_head("concat", help="the paper's head: transform one modality (--transform), concatenate, MLP (default)")
@@ -27,7 +27,7 @@ class AlphaFuseHead(Head):
 
     def __init__(self, video_dim: int, audio_dim: int, num_classes: int, transform: str = "none",
                  target: str = "audio", alpha: float | None = None, modalities: str = "both",
-                 hidden: Sequence[int] = (1024, 512), dropout: float = 0.5, modality_dropout: float = 0.0):
+                 hidden: Sequence[int] = HIDDEN, dropout: float = DROPOUT, modality_dropout: float = 0.0):
         super().__init__(modality_dropout)
         self.fuse = ScaledConcat(transform, target, alpha, modalities)
         self.head = FusionHead(self.fuse.out_dim(video_dim, audio_dim), num_classes, hidden, dropout)
@@ -42,7 +42,7 @@ class AlphaFuseHead(Head):
         modalities = options.get("modalities", "both")
         if modalities not in MODALITIES:
             raise ValueError(f"unknown modalities {modalities!r}; choose one of {', '.join(MODALITIES)}")
-        check_mlp(options.get("hidden", (1024, 512)), options.get("dropout", 0.5))
+        check_mlp(options.get("hidden", HIDDEN), options.get("dropout", DROPOUT))
         dims = {m: (tuple(shapes[m]) if m in shapes else (0,)) for m in ("video", "audio")}
         for m in cls.needs(modalities):
             if m not in shapes:

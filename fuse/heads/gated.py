@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from . import register_head
-from .base import FusionHead, Head, check_mlp, pooled_dims
+from .base import DROPOUT, HIDDEN, FusionHead, Head, check_mlp, pooled_dims
 
 
 @register_head("gated", help="per-clip gates g = 2 sigmoid(W[v;a]) scale each modality before the MLP")
 class GatedHead(Head):
-    def __init__(self, shapes: dict, num_classes: int, hidden: Sequence[int] = (1024, 512), dropout: float = 0.5,
+    def __init__(self, shapes: dict, num_classes: int, hidden: Sequence[int] = HIDDEN, dropout: float = DROPOUT,
                  modality_dropout: float = 0.0):
         super().__init__(modality_dropout)
         check_mlp(hidden, dropout)

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from . import register_head
-from .base import FusionHead, Head, check_mlp, pooled_dims
+from .base import DROPOUT, HIDDEN, FusionHead, Head, check_mlp, pooled_dims
 
 
 @register_head("late", help="one MLP per modality, logits mixed w*video + (1-w)*audio (weight: fixed w, or learned)")
 class LateHead(Head):
     def __init__(self, shapes: dict, num_classes: int, weight: float | None = None,
-                 hidden: Sequence[int] = (1024, 512), dropout: float = 0.5, modality_dropout: float = 0.0):
+                 hidden: Sequence[int] = HIDDEN, dropout: float = DROPOUT, modality_dropout: float = 0.0):
         super().__init__(modality_dropout)
         check_mlp(hidden, dropout)
         weight = self.check_options({"weight": weight})["weight"]

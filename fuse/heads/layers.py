@@ -18,13 +18,13 @@ from torch import nn
 
 from ..transforms import MODALITIES
 from . import register_head
-from .base import FusionHead, Head, check_mlp
+from .base import DROPOUT, HIDDEN, FusionHead, Head, check_mlp
 
 
 @register_head("layers", help="softmax-weighted sum over each backbone's cached layers (SUPERB-style), then the MLP")
 class LayersHead(Head):
-    def __init__(self, shapes: dict, num_classes: int, modalities: str = "both", hidden: Sequence[int] = (1024, 512),
-                 dropout: float = 0.5, modality_dropout: float = 0.0):
+    def __init__(self, shapes: dict, num_classes: int, modalities: str = "both", hidden: Sequence[int] = HIDDEN,
+                 dropout: float = DROPOUT, modality_dropout: float = 0.0):
         super().__init__(modality_dropout)
         check_mlp(hidden, dropout)
         self.names = self.needs(modalities)

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import torch
 
 from . import register_head
-from .base import FusionHead, Head, check_mlp, pooled_dims
+from .base import DROPOUT, HIDDEN, FusionHead, Head, check_mlp, pooled_dims
 
 
 @register_head("probe", help="an MLP on one cached embedding (--head-option input=joint for CAV-MAE's; "
                              "--hidden '' for a linear probe)")
 class ProbeHead(Head):
-    def __init__(self, shapes: dict, num_classes: int, input: str = "joint", hidden: Sequence[int] = (1024, 512),
-                 dropout: float = 0.5, modality_dropout: float = 0.0):
+    def __init__(self, shapes: dict, num_classes: int, input: str = "joint", hidden: Sequence[int] = HIDDEN,
+                 dropout: float = DROPOUT, modality_dropout: float = 0.0):
         super().__init__(modality_dropout)
         check_mlp(hidden, dropout)
         if input not in shapes:

@@ -1,4 +1,4 @@
-"""data/tsam_audio.py: TSAM's 3-channel log-mel image, against a NumPy implementation of its formulas."""
+"""extract/tsam_inputs.py: TSAM's 3-channel log-mel image, against a NumPy implementation of its formulas."""
 import math
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import torch
 
 from alphafuse.data.errors import ClipError
 from alphafuse.data.synth import write_clip
-from alphafuse.data.tsam_audio import decode_first_channel, load_tsam_spectrogram, tsam_spectrogram, tsam_waveform_splits
+from alphafuse.extract.tsam_inputs import decode_first_channel, load_tsam_spectrogram, tsam_spectrogram, tsam_waveform_splits
 from tests.tsm_reference import aa_resize, mel_filterbank, power_spectrogram, tsam_audio_reference
 
 # float32 STFT and mel products against float64: ~2e-4 on log-mel values of about +-14.

@@ -1,4 +1,4 @@
-"""Input specs for Hugging Face encoders: the snapshot's own processor on alphafuse's decoding.
+"""Input specs for Hugging Face encoders (extract/hf.py's second module): the snapshot's own processor on alphafuse's decoding.
 
 Video (``HFFrames``): ``num_frames`` frames picked by alphafuse's uniform rule (data/sampling.py)
 from the decoded RGB24 frames, then the processor called on that list of (H, W, 3) uint8
@@ -27,9 +27,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ._container import clip_id_for, open_input
-from .errors import ClipError
-from .specs import _Spec
+from alphafuse.data._container import clip_id_for, open_input
+from alphafuse.data.errors import ClipError
+
+from .registry import InputSpec, register_spec
 
 # Feature extractors whose output is as long as the waveform: asked for max_samples samples.
 VARIABLE_LENGTH = ("Wav2Vec2FeatureExtractor",)
@@ -52,8 +53,9 @@ def _config_text(processor) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+@register_spec
 @dataclass(frozen=True)
-class HFFrames(_Spec):
+class HFFrames(InputSpec):
     """``num_frames`` uniformly sampled RGB frames through the snapshot's image or video processor."""
 
     kind: ClassVar[str] = "hf_frames"
@@ -92,8 +94,9 @@ class HFFrames(_Spec):
         return {"pixel_values": batch}
 
 
+@register_spec
 @dataclass(frozen=True)
-class HFAudio(_Spec):
+class HFAudio(InputSpec):
     """The AST-path waveform at ``sampling_rate`` through the snapshot's feature extractor."""
 
     kind: ClassVar[str] = "hf_audio"
@@ -142,7 +145,7 @@ class HFAudio(_Spec):
         return self.pack(self.process_dict(waveform))
 
     def load(self, path, clip_id: str, threads: int = 0) -> tuple[torch.Tensor, bool]:
-        from .audio import decode_audio
+        from alphafuse.data.audio import decode_audio
 
         waveform, has_audio = decode_audio(path, self.sampling_rate, clip_id, self.downmix)
         return self.process(waveform), has_audio
@@ -193,9 +196,9 @@ def decode_rgb_frames(path, num_frames: int, clip_id: str | None = None, threads
     (the same decoding and frame choice as every VideoConfig backbone, without its resize)."""
     import av
 
-    from ._container import av_reason
-    from .video import PacketIndex, decode_sampled_frames, demux_video, open_video_stream
-    from .video_config import VideoConfig
+    from alphafuse.data._container import av_reason
+    from alphafuse.data.video import PacketIndex, decode_sampled_frames, demux_video, open_video_stream
+    from alphafuse.data.video_config import VideoConfig
 
     clip_id = clip_id_for(path, clip_id)
 

@@ -1,4 +1,8 @@
-"""TSAM's audio segment: a 3-channel log-mel image of the clip's sound (aav-antonov/TSAM).
+"""TSAM's inputs (the preprocessing half of the tsam family, beside extract/tsam.py, which would
+pass ~400 lines with it): the input specs :class:`TSAMFrames` (frames decoded by data/tsn.py's
+FFmpeg-filter extraction) and :class:`TSAMSpectrogram`, and the audio segment below.
+
+TSAM's audio segment: a 3-channel log-mel image of the clip's sound (aav-antonov/TSAM).
 
 The reference (``video2frames.py`` ``run_audio``, then ``lib/dataset/audio.py`` ``get_audio_x``
 in validation mode, config/kinetics400_config.json ``audio_image_param``):
@@ -16,16 +20,17 @@ in validation mode, config/kinetics400_config.json ``audio_image_param``):
    tensors, which changes the 25/10 ms channel, downsampled ~4.5x in time for a 10-s clip).
    The three images are the three channels.
 
-Step 1 is done with PyAV: the first audio stream is decoded and converted to planar 16-bit by
-libswresample at its own rate and layout, which is the conversion the ffmpeg command line makes
+Step 1 is done with PyAV: the first audio stream is decoded and converted to interleaved 16-bit
+by libswresample at its own rate and layout (a WAV file's sample format), which is the conversion the ffmpeg command line makes
 for a WAV file, then divided by 32768. ``round`` is Python's (half to even), as in the reference.
 """
 from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import av
 import numpy as np
@@ -33,7 +38,14 @@ import torch
 import torchaudio
 import torchvision.transforms.functional as TF
 
-from ._container import clip_id_for, duration_seconds, find_audio_stream, open_input
+from alphafuse.data._container import av_reason, clip_id_for, duration_seconds, find_audio_stream, open_input
+from alphafuse.data.colour import check_yuv_matrix
+from alphafuse.data.errors import ClipError
+from alphafuse.data.tsn import load_tsam_frames
+
+from .registry import InputSpec, register_spec
+
+__all__ = ["TSAMFrames", "TSAMSpectrogram", "load_tsam_spectrogram", "tsam_spectrogram"]
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +116,41 @@ def decode_first_channel(path: str | Path, clip_id: str | None = None) -> tuple[
     clip_id = clip_id_for(path, clip_id)
     with open_input(path, clip_id) as container:
         stream = find_audio_stream(container)
-        chunks, rate, resampler = [], None, None
+        chunks, rate, resampler, channels = [], None, None, 1
         if stream is not None:
             try:
                 for packet in container.demux(stream):
                     for frame in _decode(packet):
                         if resampler is None:
-                            rate = frame.sample_rate
-                            resampler = av.AudioResampler(format="s16p", layout=frame.layout.name, rate=rate)
-                        chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+                            rate, channels = frame.sample_rate, frame.layout.nb_channels
+                            resampler = _resampler(frame, clip_id)
+                        chunks += [_first_channel(f, channels) for f in resampler.resample(frame)]
             except av.FFmpegError as exc:
                 log.debug("%s: audio demuxing stopped early: %s", clip_id, exc)
             if resampler is not None:
-                chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+                chunks += [_first_channel(f, channels) for f in resampler.resample(None)]
         if chunks and sum(c.size for c in chunks):
             samples = np.concatenate(chunks).astype(np.float32) / np.float32(32768)
             return torch.from_numpy(samples), int(rate), True
         seconds = duration_seconds(container) or FALLBACK_DURATION_S
     log.warning("%s: no audio; using silence", clip_id)
     return torch.zeros(max(N_FFT, int(round(seconds * SILENCE_RATE)))), SILENCE_RATE, False
+
+
+def _resampler(frame, clip_id: str) -> av.AudioResampler:
+    """Interleaved 16-bit at the frame's own rate and layout (a WAV file's samples). Interleaved,
+    not planar: PyAV's to_ndarray of a planar frame with 8 channels (7.1) reads past its planes
+    and crashes the process; the conversion and its rounding are the same either way."""
+    try:
+        return av.AudioResampler(format="s16", layout=frame.layout.name, rate=frame.sample_rate)
+    except (av.FFmpegError, ValueError) as exc:
+        raise ClipError(clip_id, f"cannot convert its {frame.layout.name or 'unnamed'} audio at "
+                                 f"{frame.sample_rate} Hz to 16-bit: {av_reason(exc)}") from None
+
+
+def _first_channel(frame, channels: int) -> np.ndarray:
+    """The first channel of an interleaved frame: (1, samples * channels) -> every channels-th."""
+    return frame.to_ndarray().reshape(-1, channels)[:, 0]
 
 
 def _decode(packet) -> list:
@@ -134,6 +162,48 @@ def _decode(packet) -> list:
 
 def load_tsam_spectrogram(path: str | Path, clip_id: str | None = None) -> tuple[torch.Tensor, bool]:
     """(TSAM's audio segment (3, 224, 224), has_audio) of one clip."""
+    clip_id = clip_id_for(path, clip_id)
     wave, rate, has_audio = decode_first_channel(path, clip_id)
-    return tsam_spectrogram(wave, rate), has_audio
+    try:
+        return tsam_spectrogram(wave, rate), has_audio
+    except ValueError as exc:   # a rate the fixed 4800-point FFT cannot take, or too few samples
+        raise ClipError(clip_id, f"TSAM's audio image: {exc}") from None
 
+
+# ----------------------------------------------------------------------------- input specs
+
+@register_spec
+@dataclass(frozen=True)
+class TSAMFrames(InputSpec):
+    """TSAM's validation frames (data/tsn.py load_tsam_frames): [0, 1] RGB, 224 x 224."""
+
+    kind: ClassVar[str] = "tsam_frames"
+    num_segments: int = 16
+    yuv_matrix: str = "bt601"     # as TSMFrames' (data/colour.py)
+    views: ClassVar[int] = 1
+
+    def __post_init__(self):
+        check_yuv_matrix("TSAMFrames.yuv_matrix", self.yuv_matrix)
+
+    @property
+    def output_shape(self) -> tuple:
+        return (3, self.num_segments, 224, 224)
+
+    def load(self, path, clip_id: str, threads: int = 0) -> torch.Tensor:
+        return load_tsam_frames(path, self.num_segments, clip_id=clip_id, threads=threads,
+                                yuv_matrix=self.yuv_matrix)
+
+
+@register_spec
+@dataclass(frozen=True)
+class TSAMSpectrogram(InputSpec):
+    """TSAM's audio segment (:func:`load_tsam_spectrogram`): a (3, 224, 224) log-mel image, first channel."""
+
+    kind: ClassVar[str] = "tsam_spectrogram"
+
+    @property
+    def output_shape(self) -> tuple:
+        return (3, *IMAGE_SIZE)
+
+    def load(self, path, clip_id: str, threads: int = 0) -> tuple[torch.Tensor, bool]:
+        return load_tsam_spectrogram(path, clip_id)
