@@ -216,9 +216,9 @@ SETTINGS = {
     "audio_backbone": Setting("str", "ast", "Backbone of the audio embedding (fuse, grid, evaluate: its store, "
                                             "by name or short id; default: the only one)."),
     "backbone": Setting("str", None, "One audio-visual backbone for both modalities (instead of the two above)."),
-    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth). None: random weights "
+    "video_checkpoint": Setting("path", None, "Checkpoint of the video backbone (e.g. TimeSformer_divST_8x32_224_K400.pyth; hf: a snapshot folder). None: random weights "
                                                  "(predict: where extraction read it; its sha256 must match)."),
-    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth). None: random weights "
+    "audio_checkpoint": Setting("path", None, "Checkpoint of the audio backbone (e.g. audioset_10_10_0.4593.pth; hf: a snapshot folder). None: random weights "
                                                  "(predict: where extraction read it; its sha256 must match)."),
     "checkpoint": Setting("path", None, "Checkpoint of the --backbone (e.g. cav-mae-base.pth, vgg_65.5.pth)."),
     "backbone_config": Setting("path", None, "The backbone family's own config file, mapped onto its options "

@@ -3,8 +3,10 @@ and (with several precisions) how far bf16/fp16 embeddings are from fp32 ones.
 
     ./run bench extract_speed [--pairs timesformer+ast,cavmae,tsm+ast,tsam] [--arch base]
                               [--clips 4] [--device cuda] [--precisions fp32,bf16]
+    ./run bench extract_speed --pairs hf:SNAPSHOT_DIR+hf:OTHER_DIR,hf:VIDEOMAE_DIR+ast
 
-A pair is ``VIDEO+AUDIO`` or one audio-visual backbone. Prints one JSON object, everything
+A pair is ``VIDEO+AUDIO`` or one audio-visual backbone; ``NAME:CHECKPOINT`` gives a backbone its
+checkpoint (an ``hf`` backbone needs its snapshot folder). ``--arch`` goes to backbones that have it. Prints one JSON object, everything
 measured in this one run:
 - decode-and-preprocess only (the DataLoader, no models) and the models only (on already
   decoded batches), per precision, so the bottleneck is visible;
@@ -30,17 +32,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import matmul_gflops, sync
 
 from alphafuse.data import ClipDataset, read_manifest
-from alphafuse.extract import create_backbone
+from alphafuse.extract import create_backbone, get_backbone
 from alphafuse.extract.runner import PRECISIONS, Roles, embed_batch, extract_split
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+def backbone_for(text: str, arch: str):
+    """``NAME`` or ``NAME:CHECKPOINT`` (``hf:/path/to/snapshot``) -> the built backbone."""
+    name, _, checkpoint = text.partition(":")
+    options = {"arch": arch} if "arch" in get_backbone(name).options else {}
+    return create_backbone(name, checkpoint or None, **options)
+
+
 def roles_for(pair: str, arch: str) -> Roles:
     names = pair.split("+")
     if len(names) == 1:
-        return Roles.of(backbone=create_backbone(names[0], arch=arch))
-    return Roles.of(create_backbone(names[0], arch=arch), create_backbone(names[1], arch=arch))
+        return Roles.of(backbone=backbone_for(names[0], arch))
+    return Roles.of(backbone_for(names[0], arch), backbone_for(names[1], arch))
 
 
 def model_flops_per_clip(roles: Roles, batch: dict) -> float:

@@ -9,6 +9,7 @@ YuanGongND/ast's ``ASTModel.v`` so that ``audioset_10_10_0.4593.pth`` loads key 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from alphafuse.data import AudioConfig
 
-from .checkpoint import build_backbone, drop_keys, strip_prefixes
+from .checkpoint import CheckpointError, build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone
 
 __all__ = ["AudioSpectrogramTransformer", "load_ast"]
@@ -133,20 +134,78 @@ class AudioSpectrogramTransformer(nn.Module):
         return out
 
 
+# Hugging Face's AST (transformers models/audio_spectrogram_transformer, as its snapshots store the
+# keys, e.g. MIT/ast-finetuned-audioset-10-10-0.4593) -> YuanGongND/ast's ASTModel.v names.
+HF_PREFIX = "audio_spectrogram_transformer."
+HF_NAMES = {"embeddings.cls_token": "cls_token", "embeddings.distillation_token": "dist_token",
+            "embeddings.position_embeddings": "pos_embed",
+            "embeddings.patch_embeddings.projection.": "patch_embed.proj.", "layernorm.": "norm."}
+HF_BLOCK = {"attention.output.dense.": "attn.proj.", "intermediate.dense.": "mlp.fc1.",
+            "output.dense.": "mlp.fc2.", "layernorm_before.": "norm1.", "layernorm_after.": "norm2."}
+
+
+def from_hf_names(state_dict: dict) -> dict:
+    """An HF AST state dict (ASTModel or ASTForAudioClassification) in this module's names: query,
+    key and value concatenated into timm's ``qkv``; the classifier left under ``classifier.``."""
+    out, qkv = {}, {}
+    for key, value in state_dict.items():
+        name = key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key
+        if name.startswith("encoder.layer."):
+            index, rest = name[len("encoder.layer."):].split(".", 1)
+            if rest.startswith("attention.attention."):
+                part, kind = rest[len("attention.attention."):].split(".")
+                qkv.setdefault((index, kind), {})[part] = value
+                continue
+            prefix = next((p for p in HF_BLOCK if rest.startswith(p)), None)
+            out[f"blocks.{index}." + (HF_BLOCK[prefix] + rest[len(prefix):] if prefix else rest)] = value
+            continue
+        prefix = next((p for p in HF_NAMES if name == p or (p.endswith(".") and name.startswith(p))), None)
+        out[HF_NAMES[prefix] + name[len(prefix):] if prefix else name] = value
+    for (index, kind), parts in qkv.items():
+        lacking = sorted({"query", "key", "value"} - set(parts))
+        if lacking:
+            raise CheckpointError(f"AST snapshot lacks {HF_PREFIX}encoder.layer.{index}.attention.attention."
+                                  f"{lacking[0]}.{kind}")
+        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
 def checkpoint_filter_fn(state_dict: dict, model: AudioSpectrogramTransformer) -> dict:
     """Adapt a published AST state dict to ``model``.
 
     Removes DataParallel's ``module.`` and ASTModel's ``v.`` prefixes and the classifiers (AST's
-    ``mlp_head``, DeiT's ``head`` and ``head_dist``). When ``input_tdim`` differs from training,
+    ``mlp_head``, DeiT's ``head`` and ``head_dist``). A Hugging Face snapshot's keys are renamed
+    first (:func:`from_hf_names`; its ``classifier`` dropped likewise). When ``input_tdim`` differs from training,
     the time axis of the positional grid is resized as the reference does: cut from the middle
     when shorter, bilinear interpolation when longer (the frequency axis likewise).
     """
+    if any(k.startswith(HF_PREFIX + "embeddings.") for k in state_dict):
+        state_dict = drop_keys(from_hf_names(state_dict), ("classifier.",), "AST snapshot")
     sd = strip_prefixes(state_dict, ("module.", "v."))
     sd = drop_keys(sd, ("mlp_head.", "head.", "head_dist."), "AST checkpoint")
     pos = sd.get("pos_embed")
     if pos is not None and pos.ndim == 3 and pos.shape[1] != model.pos_embed.shape[1]:
         sd["pos_embed"] = _resize_pos_embed(pos, model.grid)
     return sd
+
+
+def _check_hf_config(folder: Path, fstride: int, tstride: int, arch: dict) -> float:
+    """An HF AST snapshot's config.json must describe the network load_ast builds; returns its
+    LayerNorm epsilon, the one way the two networks differ."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json in this snapshot folder")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    want = {"model_type": "audio-spectrogram-transformer", "frequency_stride": fstride, "time_stride": tstride,
+            "num_mel_bins": NUM_MEL_BINS, "hidden_size": arch["embed_dim"], "num_hidden_layers": arch["depth"],
+            "num_attention_heads": arch["num_heads"], "intermediate_size": 4 * arch["embed_dim"],
+            "hidden_act": "gelu", "patch_size": PATCH}
+    wrong = [f"{k} {config.get(k)!r} (load_ast builds {v!r})" for k, v in want.items() if config.get(k, v) != v]
+    if wrong:
+        raise CheckpointError(f"{path}: not the AST load_ast builds: {'; '.join(wrong)}")
+    return float(config.get("layer_norm_eps", 1e-12))
 
 
 def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -171,8 +230,10 @@ def load_ast(checkpoint=None, input_tdim: int = 1024, fstride: int = 10, tstride
              arch: str = "base", seed: int = 0) -> AudioSpectrogramTransformer:
     """A frozen, eval-mode AST whose ``forward(fbank)`` maps (B, input_tdim, 128) to (B, 768).
 
-    ``checkpoint``: the published ``audioset_10_10_0.4593.pth`` (a DataParallel state dict), or a
-    plain state dict file. ``None`` gives random weights from ``seed`` (with a warning).
+    ``checkpoint``: the published ``audioset_10_10_0.4593.pth`` (a DataParallel state dict), a
+    plain state dict file, or a Hugging Face AST snapshot folder (its config must describe this
+    network: strides, mel bins, width, depth, heads, GELU; its LayerNorm epsilon, 1e-12 in HF's
+    snapshots where the reference has 1e-6, is taken from the config and recorded). ``None`` gives random weights from ``seed`` (with a warning).
     ``arch="tiny"`` is a 64-wide, 2-deep model for tests and CPU demos.
     """
     if arch not in ARCHS:
@@ -181,7 +242,15 @@ def load_ast(checkpoint=None, input_tdim: int = 1024, fstride: int = 10, tstride
         raise ValueError(f"need input_tdim >= {PATCH} and positive strides, got {input_tdim}, {fstride}, {tstride}")
     config = dict(model="ast", arch=arch, input_tdim=input_tdim, input_fdim=NUM_MEL_BINS,
                   fstride=fstride, tstride=tstride, **ARCHS[arch])
-    return build_backbone(
-        lambda: AudioSpectrogramTransformer(input_tdim=input_tdim, fstride=fstride, tstride=tstride, **ARCHS[arch]),
-        f"AST ({arch})", config, checkpoint, seed, checkpoint_filter_fn,
-    )
+    eps = None
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        eps = config["layer_norm_eps"] = _check_hf_config(Path(checkpoint), fstride, tstride, ARCHS[arch])
+
+    def make():
+        model = AudioSpectrogramTransformer(input_tdim=input_tdim, fstride=fstride, tstride=tstride, **ARCHS[arch])
+        for m in model.modules():   # an HF snapshot's LayerNorm epsilon (1e-12, the reference's is 1e-6)
+            if eps is not None and isinstance(m, nn.LayerNorm):
+                m.eps = eps
+        return model
+
+    return build_backbone(make, f"AST ({arch})", config, checkpoint, seed, checkpoint_filter_fn)

@@ -80,6 +80,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     :func:`trusted_checkpoints`. Optimizer state, epoch counters and configs stored beside the
     weights are dropped here.
     """
+    if Path(path).is_dir():   # a Hugging Face snapshot folder: its weight files (extract/hf.py reads them safely)
+        from .hf import read_weights, snapshot_files
+        return read_weights(snapshot_files(path)[1])
     path = require_file(path, "checkpoint file", CheckpointError)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
@@ -211,7 +214,11 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def file_sha256(path: str | os.PathLike, chunk=1 << 20) -> str:
-    """The sha256 of a checkpoint file; a FIFO, device or folder is refused (it would never end)."""
+    """The sha256 of a checkpoint file; a FIFO or device is refused (it would never end). A folder
+    is a Hugging Face snapshot: the sha256 over its config and weight files (extract/hf.py)."""
+    if Path(path).is_dir():
+        from .hf import snapshot_sha256
+        return snapshot_sha256(path)
     digest = hashlib.sha256()
     with open_regular(path, "checkpoint file", CheckpointError) as f:
         for block in iter(lambda: f.read(chunk), b""):

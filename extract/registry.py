@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 MODALITIES = ("video", "audio", "audiovisual")
+# A family whose modality depends on the checkpoint (hf: the snapshot's model type) registers as
+# "any"; the built module's ``modality`` says what it is, and its input_specs refuses the others.
+ANY = "any"
 
 
 @dataclass(frozen=True)
@@ -73,14 +76,14 @@ class Extras:
 @dataclass(frozen=True)
 class BackboneEntry:
     name: str
-    modality: str                 # what it encodes: video, audio, or audiovisual (both)
+    modality: str                 # what it encodes: video, audio, audiovisual (both), or any (the checkpoint's)
     build: Callable               # build(checkpoint=None, **options) -> frozen module
     options: dict = field(default_factory=dict)   # every option build takes, with its default
     help: str = ""
     config_reader: Callable | None = None   # a family's own config file (TSAM's JSON) -> options
 
     def can_encode(self, modality: str) -> bool:
-        return self.modality == modality or self.modality == "audiovisual"
+        return self.modality == modality or self.modality in ("audiovisual", ANY)
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -93,8 +96,8 @@ def register_backbone(name: str, *, modality: str, help: str = "", config_reader
     it returns records ``backbone_name`` and the full ``options`` it was built with, which is
     what a cache stores to rebuild it (:func:`rebuild`).
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if modality not in MODALITIES + (ANY,):
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES + (ANY,))}, got {modality!r}")
 
     def decorator(build: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name].build.__wrapped__ is not build:
@@ -245,7 +248,8 @@ def preprocess(model, path: str | Path, with_info: bool = False, *, modality: st
 
     from .runner import Roles
 
-    role = modality or get_backbone(model.backbone_name).modality
+    # a family registered as "any" (hf) says on the built module what this checkpoint encodes
+    role = modality or getattr(model, "modality", None) or get_backbone(model.backbone_name).modality
     specs = Roles({role: model}).specs(spatial_crops, temporal_views, sampling)
     clip = Clip(clip_id or Path(path).stem, str(path), "?", "?")
     dataset = dataset_for_specs([clip], ["?"], specs, decode_threads=threads)

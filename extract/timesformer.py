@@ -11,6 +11,7 @@ patch-major, frame-minor (token ``1 + n * T + t`` is patch ``n`` of frame ``t``)
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from alphafuse.data import VideoConfig
 from alphafuse.data.sampling import register_sampling
 
-from .checkpoint import build_backbone, drop_keys, strip_prefixes
+from .checkpoint import CheckpointError, build_backbone, drop_keys, strip_prefixes
 from .registry import Extras, register_backbone
 
 __all__ = ["TimeSformer", "load_timesformer"]
@@ -263,8 +264,40 @@ class TimeSformer(nn.Module):
                              f"got {tuple(video.shape)}")
 
 
+# Hugging Face's TimeSformer (transformers models/timesformer, a port of the same network, as its
+# snapshots store the keys, e.g. facebook/timesformer-base-finetuned-k400) -> the reference names.
+HF_PREFIX = "timesformer."
+HF_NAMES = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+            "embeddings.time_embeddings": "time_embed",
+            "embeddings.patch_embeddings.projection.": "patch_embed.proj.", "layernorm.": "norm."}
+HF_BLOCK = {"attention.attention.qkv.": "attn.qkv.", "attention.output.dense.": "attn.proj.",
+            "temporal_attention.attention.qkv.": "temporal_attn.qkv.",
+            "temporal_attention.output.dense.": "temporal_attn.proj.", "temporal_dense.": "temporal_fc.",
+            "temporal_layernorm.": "temporal_norm1.", "layernorm_before.": "norm1.", "layernorm_after.": "norm2.",
+            "intermediate.dense.": "mlp.fc1.", "output.dense.": "mlp.fc2."}
+
+
+def from_hf_names(state_dict: dict) -> dict:
+    """An HF TimeSformer state dict (TimesformerModel or ...ForVideoClassification) in the
+    reference's names; its ``classifier`` stays under that name (dropped by the filter)."""
+    out = {}
+    for key, value in state_dict.items():
+        name = key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key
+        table, rest, head = HF_NAMES, name, ""
+        if name.startswith("encoder.layer."):
+            index, rest = name[len("encoder.layer."):].split(".", 1)
+            table, head = HF_BLOCK, f"blocks.{index}."
+        # longest match first: "attention.output.dense." before "output.dense."
+        prefix = next((p for p in sorted(table, key=len, reverse=True)
+                       if rest == p or (p.endswith(".") and rest.startswith(p))), None)
+        out[head + (table[prefix] + rest[len(prefix):] if prefix else rest)] = value
+    return out
+
+
 def checkpoint_filter_fn(state_dict: dict, model: TimeSformer) -> dict:
     """Adapt a published TimeSformer state dict to ``model``.
+
+    A Hugging Face snapshot's keys are renamed first (:func:`from_hf_names`), its classifier dropped.
 
     Removes the SlowFast ``model.`` (and DataParallel ``module.``) prefixes and the classifier, and
     resizes positional and time embeddings as the reference forward does when the input differs
@@ -273,6 +306,8 @@ def checkpoint_filter_fn(state_dict: dict, model: TimeSformer) -> dict:
     the flattened patch sequence instead; we follow its forward, which is what the published
     inference numbers use.
     """
+    if any(k.startswith(HF_PREFIX + "embeddings.") for k in state_dict):
+        state_dict = drop_keys(from_hf_names(state_dict), ("classifier.",), "TimeSformer snapshot")
     sd = strip_prefixes(state_dict, ("module.", "model."))
     sd = drop_keys(sd, ("head.",), "TimeSformer checkpoint")
     if "pos_embed" in sd and sd["pos_embed"].shape[1] != model.pos_embed.shape[1]:
@@ -322,11 +357,32 @@ def load_timesformer(checkpoint=None, num_frames: int = 8, img_size: int = 224,
         raise ValueError(f"need num_frames >= 1 and img_size a multiple of 16, got {num_frames}, {img_size}")
     config = dict(model="timesformer", arch=arch, num_frames=num_frames, img_size=img_size,
                   attention_type=attention_type, **ARCHS[arch])
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        _check_hf_config(Path(checkpoint), attention_type, ARCHS[arch])
     return build_backbone(
         lambda: TimeSformer(img_size=img_size, num_frames=num_frames, attention_type=attention_type, **ARCHS[arch]),
         f"TimeSformer ({arch})", config, checkpoint, seed, checkpoint_filter_fn,
         hint_fn=lambda sd: _type_hint(sd, attention_type),
     )
+
+
+def _check_hf_config(folder: Path, attention_type: str, arch: dict) -> None:
+    """An HF TimeSformer snapshot's config.json must describe the network load_timesformer builds
+    (frame count and image size may differ: the embeddings are resized as for any checkpoint)."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json in this snapshot folder")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    want = {"model_type": "timesformer", "attention_type": attention_type, "hidden_size": arch["embed_dim"],
+            "num_hidden_layers": arch["depth"], "num_attention_heads": arch["num_heads"],
+            "intermediate_size": 4 * arch["embed_dim"], "hidden_act": "gelu", "patch_size": 16,
+            "num_channels": 3, "qkv_bias": True, "layer_norm_eps": 1e-6}
+    wrong = [f"{k} {config.get(k)!r} (load_timesformer builds {v!r})" for k, v in want.items()
+             if config.get(k, v) != v]
+    if wrong:
+        raise CheckpointError(f"{path}: not the TimeSformer load_timesformer builds: {'; '.join(wrong)}")
 
 
 def _type_hint(state_dict: dict, attention_type: str) -> str:

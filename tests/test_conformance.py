@@ -6,6 +6,7 @@ into a cache by the extraction runner, and is rebuilt from the cache's descripti
 embeddings; a head is trained a few epochs on a tiny synthetic cache, saved, reloaded, and gives
 the logits it gave before saving.
 """
+import functools
 import numpy as np
 import pytest
 import torch
@@ -37,14 +38,36 @@ def clips(tmp_path_factory):
     return read_manifest(root / "m.csv")
 
 
+@functools.lru_cache(maxsize=None)
+def _hf_snapshot() -> str:
+    """hf has no random weights: a tiny VideoMAE snapshot saved by transformers stands in."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from tests.hf_snapshots import build
+    folder = tempfile.mkdtemp(prefix="alphafuse-hf-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    build("videomae", folder)
+    return folder
+
+
 def tiny(name: str):
     entry = get_backbone(name)
+    if name == "hf":
+        return create_backbone(name, _hf_snapshot())
     return create_backbone(name, **({"arch": "tiny"} if "arch" in entry.options else {}))
+
+
+def role_of(name: str, model) -> str:
+    """What the built backbone encodes: its registration's modality, or (hf, registered as
+    "any") the one its checkpoint gives."""
+    return getattr(model, "modality", None) or get_backbone(name).modality
 
 
 def extract_roles(name: str, model) -> dict:
     """extract_split's keyword for a backbone of this modality."""
-    modality = get_backbone(name).modality
+    modality = role_of(name, model)
     return {"audiovisual": {"backbone": model}, "video": {"video_model": model},
             "audio": {"audio_model": model}}[modality]
 
@@ -53,7 +76,7 @@ def extract_roles(name: str, model) -> dict:
 @pytest.mark.parametrize("name", backbone_names())
 def test_backbone_preprocess_extract_store_rebuild(name, clips, tmp_path, monkeypatch):
     model = tiny(name)
-    role = get_backbone(name).modality
+    role = role_of(name, model)
     assert isinstance(model, Backbone)
     specs = model.input_specs(role)
 
@@ -68,7 +91,9 @@ def test_backbone_preprocess_extract_store_rebuild(name, clips, tmp_path, monkey
                        model.preprocess(clips.split("train")[0].path).get("video", torch.zeros(0)))
     assert info["sound"]["has_audio"] and not info["silent"]["has_audio"]
     if "video" in specs:
-        _frames_fed_are_the_indices(inputs["sound"]["video"], info["sound"]["frame_indices"])
+        video = inputs["sound"]["video"]
+        # transformers' video models take (T, 3, H, W) per clip; the check reads (3, T, H, W)
+        _frames_fed_are_the_indices(video.transpose(0, 1) if name == "hf" else video, info["sound"]["frame_indices"])
     else:
         assert info["sound"]["frame_indices"] is None
 
@@ -97,7 +122,7 @@ def test_backbone_preprocess_extract_store_rebuild(name, clips, tmp_path, monkey
                                        atol=TOL, rtol=TOL, err_msg=f"{clip_id} {emb}")
 
     # Rebuilt from the cache's description alone: the same backbone, specs and embeddings.
-    rebuilt = rebuild_backbone(cache.backbones[role])
+    rebuilt = rebuild_backbone(cache.backbones[role], model.checkpoint if model.pretrained else None)
     assert rebuilt.fingerprint == model.fingerprint and rebuilt.options == model.options
     for slot, recorded in cache.preprocessing.items():
         assert spec_from_dict(slot, recorded) == specs[slot]
@@ -132,7 +157,8 @@ def test_every_written_spec_kind_reads_back():
     for slot, d in written:
         assert spec_from_dict(slot, d).to_dict() == d
     for name in backbone_names():
-        for slot, spec in tiny(name).input_specs(get_backbone(name).modality).items():
+        model = tiny(name)
+        for slot, spec in model.input_specs(role_of(name, model)).items():
             assert spec_from_dict(slot, spec.to_dict()) == spec, (name, slot)
     with pytest.raises(ValueError, match="unknown input spec kind 'nope'; registered: tsam_frames"):
         spec_from_dict("video", {"kind": "nope"})
