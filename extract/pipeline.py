@@ -103,7 +103,9 @@ def backbones_from_settings(s, flags: dict) -> Roles:
             known = get_backbone(name).options
             options = {}
             for i, layer in enumerate(layers):
-                options.update({k: v for k, v in layer[name].items() if k in known or i >= 2})
+                # arch and seed (layers 0 and 3) go to the backbones that have them (hf has neither);
+                # an option named for this backbone (family config, table, --backbone-opt) always goes.
+                options.update({k: v for k, v in layer[name].items() if k in known or i not in (0, 3)})
             models[role] = create_backbone(name, checkpoint, **options)
     return Roles(models)
 

@@ -272,13 +272,16 @@ class InputSpec:
     plus ``output_shape`` (one clip) and ``views``. ``to_dict`` is what a cache records."""
 
     kind: ClassVar[str]
+    # Fields added after caches were written, with the value those caches were made with: a dict
+    # without them reads as what made it, not as today's default.
+    LEGACY: ClassVar[dict] = {}
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict):
-        d = {k: v for k, v in d.items() if k != "kind"}
+        d = {**cls.LEGACY, **{k: v for k, v in d.items() if k != "kind"}}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"{cls.__name__} has no field {', '.join(unknown)}")

@@ -180,6 +180,7 @@ class TSAMFrames(InputSpec):
     kind: ClassVar[str] = "tsam_frames"
     num_segments: int = 16
     yuv_matrix: str = "bt601"     # as TSMFrames' (data/colour.py)
+    LEGACY: ClassVar[dict] = {"yuv_matrix": "stream"}   # caches before it converted the stream's matrix
     views: ClassVar[int] = 1
 
     def __post_init__(self):

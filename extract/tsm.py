@@ -83,6 +83,7 @@ class TSMFrames(InputSpec):
     full_res: bool = False
     temporal_views: int = 1
     yuv_matrix: str = "bt601"     # data/colour.py: the colours of ffmpeg's JPEGs as Pillow reads them
+    LEGACY: ClassVar[dict] = {"yuv_matrix": "stream"}   # caches before it converted the stream's matrix
 
     def __post_init__(self):
         if self.temporal_views not in TSM_CLIPS:
