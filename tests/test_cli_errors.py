@@ -3,8 +3,6 @@
 The commands run in this process through the console entry point (cli.run), which is what a
 user's shell calls; one test runs a real process, for Ctrl-C.
 """
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -14,6 +12,7 @@ import threading
 import pytest
 
 from tests.paths import REPO
+from tests.inprocess import run_cli
 
 
 class Result:
@@ -30,22 +29,8 @@ def work(tmp_path, monkeypatch, capsys):
 
 def _run(args, cwd):
     """The console entry point in this process (the imports are paid once): exit code and stderr."""
-    import alphafuse.cli as cli
-
-    old_argv = sys.argv
-    sys.argv = ["alphafuse", *args]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                cli.run()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = old_argv
-    assert "Traceback" not in err.getvalue(), err.getvalue()
-    return Result(code, err.getvalue())
+    code, _, err = run_cli(*args)
+    return Result(code, err)
 
 
 def _error_line(proc) -> str:

@@ -21,6 +21,7 @@ from alphafuse.cache import CacheError, FeatureSplit, write_split
 from alphafuse.fuse import (DEFAULT_ALPHA, AlphaFuseHead, FusionHead, ScaledConcat, TrainConfig, apply_transform,
                   evaluate_run, fuse_run, load_run, load_splits, predict_logits, score, select_best_epoch,
                   train_head, validate_transform)
+from tests.inprocess import run_cli
 
 NUM_CLASSES = 6
 DIM = 16
@@ -541,24 +542,7 @@ def test_the_best_epoch_is_chosen_on_the_masked_val_score_that_is_reported(tmp_p
 
 def _cli_in_process(args):
     """The console entry point in this process: exit code, stdout and stderr."""
-    import contextlib
-    import io
-    import sys
-
-    import alphafuse.cli as cli
-
-    old, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = ["alphafuse", *map(str, args)]
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            try:
-                cli.run()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = old
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(*args, traceback_ok=True)
 
 
 def test_fuse_chooses_stores_by_name_and_refuses_an_ambiguous_folder(tmp_path, monkeypatch):

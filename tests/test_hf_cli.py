@@ -3,16 +3,14 @@
 Also: the processor specs give exactly what the snapshot's processor gives on the same decoded
 frames and waveform, and round-trip through the cache's preprocessing record.
 """
-import contextlib
-import io
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from tests.hf_snapshots import build
+from tests.inprocess import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +20,8 @@ def snaps(tmp_path_factory):
 
 
 def _cli(args):
-    import alphafuse.cli as cli
-
-    old, sys.argv = sys.argv, ["alphafuse", *map(str, args)]
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            try:
-                cli.run()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = old
-    assert "Traceback" not in err.getvalue(), err.getvalue()
-    return code, out.getvalue(), err.getvalue()
+    """The console entry point in this process: exit code, stdout, stderr (never a traceback)."""
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,7 @@
 """Awkward media is one clip error with a reason, or embeds, for every backbone family: never a
 crash, a traceback, or a run that stops. TSAM's audio (first channel at the file's own rate)
 is the most fragile: 7.1 audio crashed PyAV, rates and lengths its fixed FFT cannot take raised."""
-import contextlib
-import io
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +15,7 @@ from alphafuse.extract import create_backbone
 from alphafuse.extract.registry import Extras
 from alphafuse.extract.runner import Roles, embed_inputs, extract_split
 from alphafuse.fuse import TrainConfig, fuse_run
+from tests.inprocess import run_cli
 
 SMALL = (32, 24)
 # name: write_clip arguments. Sizes small enough for seconds; 8000x8000 was checked by hand
@@ -125,17 +123,4 @@ def test_tsam_extraction_and_predict_with_bad_clips_among_good(media, tmp_path, 
 
 def _cli(args):
     """The console entry point in this process: exit code, stdout, stderr."""
-    import alphafuse.cli as cli
-
-    old, sys.argv = sys.argv, ["alphafuse", *args]
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli.run()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = old
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(*args, traceback_ok=True)

@@ -5,11 +5,8 @@ name VGGSound files) and whose labels are VGGSound class names; a head trained o
 figure is recomputed here from `evaluate --predictions`' CSV (or the run's own head) and the
 package's label file, read with the csv module, not through fuse/vggsounder.py.
 """
-import contextlib
 import csv
-import io
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from sklearn.metrics import average_precision_score
 from alphafuse.cache import FeatureSplit, write_split
 from alphafuse.fuse import TrainConfig, fuse_run, load_run, split_logits
 from tests.test_fuse import BACKBONES, DIM, FAST, PREPROCESSING, make_split
+from tests.inprocess import run_cli
 
 vggsounder = pytest.importorskip("vggsounder")
 DATA = Path(vggsounder.__file__).parent / "data"
@@ -45,21 +43,7 @@ def of_kind(pairs, kind):
 
 def cli(*args):
     """The console entry point in this process: exit code, stdout, stderr (never a traceback)."""
-    import alphafuse.cli as cli_module
-
-    old, sys.argv = sys.argv, ["alphafuse", *map(str, args)]
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli_module.run()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = old
-    assert "Traceback" not in err.getvalue(), err.getvalue()
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(*args)
 
 
 def error_line(code, err) -> str:
