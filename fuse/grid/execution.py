@@ -100,12 +100,7 @@ def run_grid(train: FeatureSplit, val: FeatureSplit | None, test: FeatureSplit, 
     VGGSounder (``fuse.vggsounder.match``), whose hit@1 and confusion rates then join the
     summary (grid/vggsounder.py).
     """
-    configs = list(configs)
-    if not configs:
-        raise ValueError("no configurations to run")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    _check_unique(configs)
+    configs = _check_configs(configs, method)
     _check_splits(train, val, test, configs)
     jobs = _resolve_jobs(jobs, len(configs))
     chosen = choose_method(configs, train) if method == "auto" else method
@@ -196,12 +191,9 @@ def run_pair_grid(pairs: dict, configs: Sequence[TrainConfig], out_dir=None, *, 
     baseline (``vs_none``), each pair's heads with each other, and each pair's ``none`` with
     every other pair's (``pair_comparison``), all by the paired bootstrap over the test clips.
     """
-    configs = list(configs)
     if not pairs:
         raise ValueError("no encoder pairs to compare")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    _check_unique(configs)
+    configs = _check_configs(configs, method)
     labels = list(pairs)
     first_train, _, first_test = pairs[labels[0]]
     for label in labels:
@@ -386,6 +378,17 @@ def _resolve_jobs(jobs: int | None, tasks: int) -> int:
     if not isinstance(jobs, (int, np.integer)) or jobs < 1:
         raise ValueError(f"jobs must be a positive number of processes (or -1 for all cores), got {jobs!r}")
     return int(min(jobs, tasks))
+
+
+def _check_configs(configs: Sequence[TrainConfig], method: str) -> list[TrainConfig]:
+    """The configurations as a list, refused when empty, repeated, or with an unknown ``method``."""
+    configs = list(configs)
+    if not configs:
+        raise ValueError("no configurations to run")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_unique(configs)
+    return configs
 
 
 def _check_unique(configs: Sequence[TrainConfig]) -> None:
