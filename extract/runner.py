@@ -408,6 +408,13 @@ def _finite_rows(batch, embeddings: dict, precision: str):
     return ids, np.flatnonzero(finite), failed
 
 
+def autocast(device_type: str, precision: str):
+    """The autocast extraction runs the backbones under (nothing for fp32): the end-to-end model
+    (fuse/model.py) enters the same one, so its embeddings are the cache's."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def embed_batch(roles: Roles, batch: dict, device: torch.device, precision: str = "fp32",
                 extras: Extras = Extras(), info: dict | None = None) -> dict[str, np.ndarray]:
     """Every backbone on one collated batch -> {embedding name: (B, ...) numpy array}, in the
@@ -417,9 +424,7 @@ def embed_batch(roles: Roles, batch: dict, device: torch.device, precision: str 
         return {name: np.zeros((0, *i["shape"]), np.dtype(i["dtype"])) for name, i in info.items()}
     inputs = {"video": batch["video"].to(device, non_blocking=True),
               "audio": batch["fbank"].to(device, non_blocking=True)}
-    dtype = PRECISIONS[precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device.type, precision):
         out = embed_inputs(roles, inputs, extras)
     return {name: value.float().cpu().numpy().astype(info[name]["dtype"], copy=False) for name, value in out.items()}
 

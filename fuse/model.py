@@ -8,7 +8,6 @@ embeddings with views by the evaluation rule (the mean of the per-view softmax, 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -18,7 +17,7 @@ from alphafuse.data import ClipError, load_inputs
 from alphafuse.data.errors import unexpected_reason
 from alphafuse.extract.backbones import rebuild_backbone
 from alphafuse.extract.registry import Extras, spec_from_dict
-from alphafuse.extract.runner import PRECISIONS, Roles, embed_inputs
+from alphafuse.extract.runner import PRECISIONS, Roles, autocast, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits
@@ -72,9 +71,8 @@ class AlphaTransformer(nn.Module):
         """The embeddings the head reads, as the cache holds them (float16 ones rounded likewise)."""
         out, stored = {}, {}
         for role, backbone in self.backbones.items():
-            extras, dtype = self.extras[role], PRECISIONS[self.precision[role]]
-            autocast = torch.autocast(video.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with autocast:
+            extras = self.extras[role]
+            with autocast(video.device.type, self.precision[role]):
                 got = embed_inputs(Roles({role: backbone}), {"video": video, "audio": audio}, extras)
             out.update(got)
             stored.update({n: torch.float16 if extras.dtype == "float16" else torch.float32 for n in got})
