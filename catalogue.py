@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,17 +99,6 @@ def entries(kind: str) -> dict[str, Entry]:
             for entry in _entries_in(path, kind):
                 found[entry.name] = entry
     return dict(sorted(found.items()))
-
-
-def backbone_names(modality: str | None = None) -> list[str]:
-    """Registered backbones (sorted); with ``modality``, those that can encode it (as the registry's
-    ``can_encode``), plus any registered at run time by code imported before the command line."""
-    names = {n for n, e in entries("backbone").items()
-             if modality is None or e.modality in (modality, "audiovisual", "any")}
-    live = sys.modules.get("alphafuse.extract.registry")
-    if live is not None:
-        names |= set(live.backbone_names(modality))
-    return sorted(names)
 
 
 def module_literal(relpath: str, name: str):

@@ -190,9 +190,7 @@ def _choices(kind: str) -> tuple:
 
     if kind == "transforms":
         return catalogue.transforms()
-    if kind in ("heads", "sampling"):
-        return tuple(catalogue.entries(kind.rstrip("s")))
-    return tuple(catalogue.backbone_names(kind))
+    return tuple(catalogue.entries(kind.rstrip("s")))     # heads, sampling
 
 
 # The one definition of every default, the heads' and TrainConfig's included: fuse/config.py and
