@@ -55,6 +55,7 @@ def run_name(cfg) -> str:
 def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrite: bool, echo: Echo = print,
                  chosen: dict | None = None) -> dict:
     """``chosen``: the encoders to combine (see :func:`selection`)."""
+    from .metrics import masked_note
     from .run import fuse_run
 
     out_dir = out_dir or run_dir / run_name(cfg)
@@ -74,7 +75,7 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     learnable = (metrics.get("learnable") or {}).get("test")
     if learnable:
         echo(f"  learnable ceiling: {learnable['seen_label_clips']} of {learnable['clips']} test clips have a label "
-             f"seen in training (top-1 at most {learnable['max_top1']:.3f})" + _masked_note(learnable))
+             f"seen in training (top-1 at most {learnable['max_top1']:.3f})" + masked_note(learnable))
     missing = (metrics.get("missing_modality") or {}).get("test")
     if missing:
         echo("  test top1 with a modality missing: " + ", ".join(f"{m.replace('_', ' ')} {v:.3f}"
@@ -82,12 +83,6 @@ def fuse_command(cache: Path, cfg, out_dir: Path | None, run_dir: Path, overwrit
     echo(f"run written to {out_dir}/ (metrics.json, history.csv, learning_curves.png, confusion_matrix.png, "
          f"{CONFIG_FILE})")
     return metrics
-
-
-def _masked_note(ceiling: dict) -> str:
-    """Why the ceiling holds, in the report: the classes absent from train are never predicted."""
-    count = ceiling.get("masked_classes")
-    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
 
 
 def evaluate_command(run_dir: Path, split: str, cache_dir, predictions, which: str, as_json: bool,

@@ -16,6 +16,12 @@ import torch
 import torch.nn.functional as F
 
 
+def masked_note(ceiling: dict) -> str:
+    """Why a learnable ceiling holds, for reports: the classes absent from train are never predicted."""
+    count = ceiling.get("masked_classes")
+    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
+
+
 def mask_unseen(logits, allowed):
     """``logits`` (N, C; a tensor or an array) with the columns where ``allowed`` (C booleans) is
     False set to -inf; ``allowed=None`` leaves them as they are. The one place that masks."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from alphafuse.data.atomic import atomic_write
 
+from ..metrics import masked_note
 from .plots import TARGET_NAMES, _finite, alpha_curve_plot, bars_plot, has_alpha_curve
 from .summary import CONFIDENCE, best_alphas, is_baseline
 
@@ -90,11 +91,6 @@ INTERVALS_NOTE = (
     "with that modality's inputs zeroed. learnable_ceiling: test clips whose label occurs in training; no head gets "
     "the others right: the masked_classes (absent from train) are masked in every prediction, so no head ever "
     "predicts them.")
-
-
-def _masked_note(ceiling: dict) -> str:
-    count = ceiling.get("masked_classes")
-    return f"; the {count} class(es) absent from train are masked in prediction" if count else ""
 
 
 def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -172,7 +168,7 @@ def format_summary_table(summary, test_clips: int | None = None) -> str:
     ceiling = context.get("ceiling")
     if ceiling:
         out.append(f"learnable ceiling: {ceiling['seen_label_clips']} of {ceiling['clips']} test clips have a label "
-                   f"seen in training (top-1 at most {_fmt(ceiling['max_top1'])})" + _masked_note(ceiling))
+                   f"seen in training (top-1 at most {_fmt(ceiling['max_top1'])})" + masked_note(ceiling))
     note = "intervals: t over seeds; vs none: paired bootstrap over test clips, seeds pooled; no video/audio: " \
            "test top-1 with that modality zeroed"
     if test_clips:
