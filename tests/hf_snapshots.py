@@ -19,6 +19,15 @@ def _video_processor(size: int = 32, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225,
                                     image_mean=list(mean), image_std=list(std))
 
 
+def fill_zero_parameters(model: torch.nn.Module) -> None:
+    """Random values for the parameters transformers initialises to zero (VideoMAE's q_bias, ...):
+    left at zero, a weight that silently loads as zeros would look loaded."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+
+
 def build(kind: str, folder) -> torch.nn.Module:
     import transformers as T
 
@@ -79,10 +88,7 @@ def build(kind: str, folder) -> torch.nn.Module:
         proc = T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     else:
         raise ValueError(kind)
-    with torch.no_grad():   # zero-initialised biases (VideoMAE's q_bias) would hide a bias that loads as zeros
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    fill_zero_parameters(model)
     model.eval()
     model.save_pretrained(folder)
     proc.save_pretrained(folder)

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.hf_snapshots import fill_zero_parameters
+
 BRIDGE_TOL = 1e-5
 
 
@@ -29,10 +31,7 @@ def hf_ast(tmp_path_factory):
     model = T.ASTForAudioClassification(T.ASTConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, max_length=64,
         num_mel_bins=128, frequency_stride=10, time_stride=10, num_labels=3))
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    fill_zero_parameters(model)
     model.eval().save_pretrained(folder)
     T.ASTFeatureExtractor(max_length=64, num_mel_bins=128).save_pretrained(folder)
     return folder, model
@@ -82,10 +81,7 @@ def hf_timesformer(tmp_path_factory):
     model = T.TimesformerForVideoClassification(T.TimesformerConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, image_size=32,
         patch_size=16, num_frames=4, num_labels=3))
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    fill_zero_parameters(model)
     model.eval().save_pretrained(folder)
     T.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder, model
