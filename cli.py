@@ -160,7 +160,7 @@ def head_option(f):
 
 
 def _device(name: str) -> str:
-    from alphafuse.extract.runner import resolve_device
+    from alphafuse.settings import resolve_device
     return str(resolve_device(name))
 
 

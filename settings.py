@@ -46,6 +46,19 @@ def check_int(value, where: str, minimum=None, maximum=None) -> int:
     return int(value)
 
 
+def resolve_device(device: str):
+    """The torch device that ``--device`` names: ``auto`` is CUDA where there is one, else the CPU;
+    ``cuda`` on a machine without CUDA is an error naming the flag's value. Here rather than in
+    extract/, so that fuse, evaluate and grid check a device without importing the backbones."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return torch.device(device)
+
+
 def _short(value: int) -> str:
     """An integer for a message: whole up to 30 digits, else its size (str() refuses 4300 digits)."""
     return str(value) if abs(value) < 10 ** 30 else f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"

@@ -33,6 +33,7 @@ from alphafuse.data.clip import LoadedClip
 from alphafuse.data.dataset import dataset_for_specs
 from alphafuse.data.memory import check_fits
 from alphafuse.data.video import open_video_stream
+from alphafuse.settings import resolve_device
 
 from .checkpoint import describe
 from .registry import Extras
@@ -118,14 +119,6 @@ class ExtractionSummary:
     def clips_per_s(self) -> float:
         done = self.written + len(self.failed)
         return done / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return torch.device(device)
 
 
 def shard_from_env() -> tuple[int, int]:

@@ -95,17 +95,17 @@ def _ln(x, sd, name):
 
 
 def _attend(x, sd, name, heads):
-    """Multi-head self-attention over one sequence x (L, D), heads one at a time."""
-    D = x.shape[1]
+    """Multi-head self-attention within each sequence of x (..., L, D), heads one at a time."""
+    D = x.shape[-1]
     hd = D // heads
     qkv = x @ sd[f"{name}.qkv.weight"].T + sd[f"{name}.qkv.bias"]
-    q, k, v = qkv[:, :D], qkv[:, D:2 * D], qkv[:, 2 * D:]
+    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
     outs = []
     for h in range(heads):
         s = slice(h * hd, (h + 1) * hd)
-        weights = torch.softmax((q[:, s] @ k[:, s].T) * hd ** -0.5, dim=-1)
-        outs.append(weights @ v[:, s])
-    return torch.cat(outs, dim=1) @ sd[f"{name}.proj.weight"].T + sd[f"{name}.proj.bias"]
+        weights = torch.softmax((q[..., s] @ k[..., s].transpose(-1, -2)) * hd ** -0.5, dim=-1)
+        outs.append(weights @ v[..., s])
+    return torch.cat(outs, dim=-1) @ sd[f"{name}.proj.weight"].T + sd[f"{name}.proj.bias"]
 
 
 def _mlp(x, sd, name):
@@ -156,17 +156,14 @@ def timesformer_reference(sd: dict, video: torch.Tensor, heads: int, attention_t
             seq = _plain_block(torch.cat([cls[None], x.reshape(N * T, -1)]), sd, p, heads)
             cls, x = seq[0], seq[1:].reshape(N, T, -1)
             continue
-        xt = x.clone()
-        for n in range(N):                                   # temporal attention, position by position
-            res = _attend(_ln(x[n], sd, p + "temporal_norm1"), sd, p + "temporal_attn", heads)
-            xt[n] = x[n] + res @ sd[p + "temporal_fc.weight"].T + sd[p + "temporal_fc.bias"]
-        new_x, cls_updates = xt.clone(), []
-        for t in range(T):                                   # spatial attention, frame by frame
-            seq = torch.cat([cls[None], xt[:, t]])
-            res = _attend(_ln(seq, sd, p + "norm1"), sd, p + "attn", heads)
-            cls_updates.append(res[0])
-            new_x[:, t] = xt[:, t] + res[1:]
-        cls = cls + torch.stack(cls_updates).mean(0)
+        # Temporal attention: each patch position's T tokens form one sequence (x is (N, T, D)).
+        res = _attend(_ln(x, sd, p + "temporal_norm1"), sd, p + "temporal_attn", heads)
+        xt = x + res @ sd[p + "temporal_fc.weight"].T + sd[p + "temporal_fc.bias"]
+        # Spatial attention: each frame's N tokens with its own copy of the class token.
+        seq = torch.cat([cls.expand(T, 1, -1), xt.transpose(0, 1)], dim=1)          # (T, 1 + N, D)
+        res = _attend(_ln(seq, sd, p + "norm1"), sd, p + "attn", heads)
+        new_x = xt + res[:, 1:].transpose(0, 1)
+        cls = cls + res[:, 0].mean(0)                        # the frames' class tokens, averaged
         seq = torch.cat([cls[None], new_x.reshape(N * T, -1)])
         seq = seq + _mlp(_ln(seq, sd, p + "norm2"), sd, p + "mlp")
         cls, x = seq[0], seq[1:].reshape(N, T, -1)

@@ -1,7 +1,5 @@
 """The parity the design rests on: the cached path is the same model as the end-to-end one."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from alphafuse.extract.runner import extract_split
 from alphafuse.fuse import TrainConfig, fuse_run, get_head, head_names, load_run, split_logits
 from alphafuse.fuse.model import AlphaTransformer
 from tests.checkpoints import ast_state, save_pyth, timesformer_state
-from tests.paths import REPO
+from tests.inprocess import run_cli
 
 PARITY_TOL = 1e-5
 
@@ -45,12 +43,19 @@ def _extract_and_fuse(manifest, split, tmp_path, video_model, audio_model, cfg, 
     return features
 
 
+def _fuse_shared(subset_cache, split, clips, cfg, tmp_path):
+    """A head trained on the first ``clips`` clips of ``split`` of the session's whole-subset
+    extraction (tests/conftest.py: the README's, tiny backbones), saved in tmp_path/run."""
+    features = read_split(subset_cache / f"{split}.h5").take(np.arange(clips))
+    fuse_run(features, None, None, cfg, tmp_path / "run")
+    return features
+
+
 @pytest.mark.parametrize("transform, target", [("neg_scalar", "ast"), ("sqrt", "timesformer")])
-def test_cached_path_equals_end_to_end_on_real_clips(subset_dir, tmp_path, transform, target):
+def test_cached_path_equals_end_to_end_on_real_clips(subset_dir, subset_cache, tmp_path, transform, target):
     manifest = read_manifest(subset_dir / "manifest.csv")
     cfg = TrainConfig(transform=transform, target=target, epochs=3, hidden=(32,))
-    features = _extract_and_fuse(manifest, "val", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
-                                 cfg, limit=6)
+    features = _fuse_shared(subset_cache, "val", 6, cfg, tmp_path)
     model = AlphaTransformer.from_run(tmp_path / "run")
     cached = _cached_logits(tmp_path / "run", features)
     end_to_end = _end_to_end_logits(model, manifest, features.clip_ids)
@@ -159,16 +164,14 @@ def test_parity_with_checkpoints_and_three_views(subset_dir, tmp_path):
         AlphaTransformer.from_run(tmp_path / "run", {"audio": tmp_path / "other.pth"})
 
 
-def test_predict_command(subset_dir, tmp_path):
+def test_predict_command(subset_dir, subset_cache, tmp_path):
     manifest = read_manifest(subset_dir / "manifest.csv")
-    _extract_and_fuse(manifest, "val", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
-                      TrainConfig(epochs=2, hidden=(16,)), limit=4)
+    _fuse_shared(subset_cache, "val", 4, TrainConfig(epochs=2, hidden=(16,)), tmp_path)
     present = [str(c.path) for c in manifest.split("val")[:2]]
-    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "predict", *present, str(tmp_path / "nope.mp4"),
-                           "--run", str(tmp_path / "run"), "--top-k", "3", "--json", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1  # one file could not be read: reported, the others classified
-    results = json.loads(proc.stdout)
+    code, out, err = run_cli("predict", *present, tmp_path / "nope.mp4", "--run", tmp_path / "run", "--top-k", "3",
+                             "--json", "--device", "cpu")
+    assert code == 1, err  # one file could not be read: reported, the others classified
+    results = json.loads(out)
     assert [r["path"] for r in results] == present + [str(tmp_path / "nope.mp4")]
     assert "not found" in results[2]["error"]
     for r in results[:2]:
@@ -193,12 +196,11 @@ def test_cavmae_heads_cached_path_equals_end_to_end(synthesized, tmp_path, head,
     assert (cached - _end_to_end_logits(model, synthesized, features.clip_ids)).abs().max() < PARITY_TOL
 
 
-def test_predict_never_lists_a_class_absent_from_training(subset_dir, tmp_path):
+def test_predict_never_lists_a_class_absent_from_training(subset_dir, subset_cache, tmp_path):
     """predict masks the classes the head never saw, as fuse, evaluate and grid do: with top-k as
     large as the vocabulary, only the trained classes are listed, their probabilities summing to 1."""
     manifest = read_manifest(subset_dir / "manifest.csv")
-    features = _extract_and_fuse(manifest, "val", tmp_path, load_timesformer(arch="tiny"), load_ast(arch="tiny"),
-                                 TrainConfig(epochs=1, hidden=(16,)), limit=4)
+    features = _fuse_shared(subset_cache, "val", 4, TrainConfig(epochs=1, hidden=(16,)), tmp_path)
     seen = {features.label_names[c] for c in np.unique(features.labels)}
     assert len(seen) < len(manifest.label_names)   # some classes were never trained
     model = AlphaTransformer.from_run(tmp_path / "run")
