@@ -33,7 +33,8 @@ from common import matmul_gflops, sync
 
 from alphafuse.data import ClipDataset, read_manifest
 from alphafuse.extract import create_backbone, get_backbone
-from alphafuse.extract.runner import PRECISIONS, Roles, embed_batch, extract_split
+from alphafuse.extract.embed import PRECISIONS, Roles, embed_batch
+from alphafuse.extract.runner import extract_split
 
 REPO = Path(__file__).resolve().parent.parent
 

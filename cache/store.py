@@ -372,7 +372,7 @@ def check_compatible(*splits: FeatureSplit) -> None:
             if a != b:
                 raise CacheError(
                     f"{other._where()} and {first._where()} differ in {what}: "
-                    f"{_first_difference(a, b)}. Re-extract them with the same settings."
+                    f"{first_difference(a, b)}. Re-extract them with the same settings."
                 )
     ids = {}
     for s in splits:
@@ -389,15 +389,19 @@ def check_compatible(*splits: FeatureSplit) -> None:
                                  f"training data into evaluation")
 
 
-def _first_difference(a, b, prefix="") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return f"{prefix.rstrip('.') or 'value'}: {len(a)} entries vs {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
+def first_difference(old, new, template: str = "{path}: {new} vs {old}", prefix: str = "") -> str:
+    """The first place where two JSON-like values differ (dict keys in order, list items in
+    order), written with ``template`` from ``path``, ``old`` and ``new``: ``audio.seed: 7 vs
+    None``, or with ``"{path} was {old}, now {new}"``, ``configs.[0].epochs was 1, now 3``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return first_difference(old.get(key), new.get(key), template, f"{prefix}{key}.")
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return template.format(path=prefix.rstrip(".") or "value", old=f"{len(old)} entries",
+                                   new=f"{len(new)} entries")
+        for i, (x, y) in enumerate(zip(old, new)):
             if x != y:
-                return f"{prefix}[{i}]: {x!r} vs {y!r}"
-    return f"{prefix.rstrip('.') or 'value'}: {b!r} vs {a!r}"
+                return first_difference(x, y, template, f"{prefix}[{i}].")
+    return template.format(path=prefix.rstrip(".") or "value", old=repr(old), new=repr(new))

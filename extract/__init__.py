@@ -13,7 +13,7 @@ from .checkpoint import CheckpointError, describe
 from .registry import (Backbone, backbone_names, create_backbone, get_backbone, register_backbone, register_spec,
                        spec_from_dict)
 
-_INFRASTRUCTURE = {"checkpoint", "registry", "runner", "backbones", "pipeline"}
+_INFRASTRUCTURE = {"checkpoint", "registry", "embed", "runner", "backbones", "pipeline"}
 
 __all__ = ["Backbone", "CheckpointError", "backbone_names", "create_backbone", "describe", "get_backbone",
            "register_backbone", "register_spec", "spec_from_dict"]

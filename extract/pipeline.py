@@ -12,7 +12,8 @@ from alphafuse.settings import SettingError, flag
 
 from .checkpoint import trusted_checkpoints
 from .registry import backbone_names, create_backbone, get_backbone, parse_option
-from .runner import ExtractConfig, ExtractionSummary, Roles, extract_split, shard_from_env
+from .embed import Roles
+from .runner import ExtractConfig, ExtractionSummary, extract_split, shard_from_env
 
 
 def parse_backbone_opts(items, selected: list[str]) -> dict[str, dict]:

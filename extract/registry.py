@@ -237,7 +237,7 @@ def preprocess(model, path: str | Path, with_info: bool = False, *, modality: st
     from (the clip's shown frames; TSAM: its 10-fps resampled frames); None without video.
 
     It cannot drift from extraction: the specs come from extraction's own choice
-    (``runner.Roles.specs``), the tensors from the same dataset item extraction's DataLoader
+    (``embed.Roles.specs``), the tensors from the same dataset item extraction's DataLoader
     collates (``data.dataset.dataset_for_specs``), and the indices are those the sampling
     functions reported while that item was decoded (``data.sampling.recording_frames``).
     Raises ClipError for a clip that cannot be read.
@@ -246,7 +246,7 @@ def preprocess(model, path: str | Path, with_info: bool = False, *, modality: st
     from alphafuse.data.dataset import SLOT_KEYS, dataset_for_specs
     from alphafuse.data.sampling import recording_frames
 
-    from .runner import Roles
+    from .embed import Roles
 
     # a family registered as "any" (hf) says on the built module what this checkpoint encodes
     role = modality or getattr(model, "modality", None) or get_backbone(model.backbone_name).modality

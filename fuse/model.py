@@ -2,7 +2,7 @@
 
 Training never needs this module (it runs on cached embeddings); it exists to use a trained
 head on new videos, and to prove that the cached path and the whole model agree. It embeds
-through extraction's own code (extract.runner.embed_inputs) with the backbones, preprocessing
+through extraction's own code (extract.embed.embed_inputs) with the backbones, preprocessing
 and extras the cache recorded, rounds what the cache stores in float16 the same way, and scores
 embeddings with views by the evaluation rule (the mean of the per-view softmax, fuse/inputs.py).
 """
@@ -17,7 +17,7 @@ from alphafuse.data import ClipError, load_inputs
 from alphafuse.data.errors import unexpected_reason
 from alphafuse.extract.backbones import rebuild_backbone
 from alphafuse.extract.registry import Extras, spec_from_dict
-from alphafuse.extract.runner import PRECISIONS, Roles, autocast, embed_inputs
+from alphafuse.extract.embed import PRECISIONS, Roles, autocast, embed_inputs
 
 from .heads import Head
 from .inputs import HeadInputs, head_logits

@@ -25,6 +25,9 @@ FIRST = ("test_readme.py", "test_extract.py", "test_data_real.py")
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))    # stable: the rest keep their order
+    for item in items:
+        if "subset_cache" in item.fixturenames:       # the shared extraction below: ~40 s if it runs first
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

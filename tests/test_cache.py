@@ -421,3 +421,13 @@ def test_cache_merge_merges_every_store_of_the_split(tmp_path):
     merged = merge_split(tmp_path, "train")
     assert sorted(p.parent.name for p in merged) == sorted(f.name for f in folders)
     assert read_split(folders[1] / "train.h5").clip_ids == ["a", "b"]
+
+
+def test_first_difference_names_the_first_place_that_differs():
+    from alphafuse.cache.store import first_difference
+
+    assert first_difference({"a": [1, {"b": 2}], "z": 0}, {"a": [1, {"b": 3}], "z": 1}) == "a.[1].b: 3 vs 2"
+    assert first_difference({"a": [1]}, {"a": [1, 2]}, "{path} was {old}, now {new}") == \
+        "a was 1 entries, now 2 entries"
+    assert first_difference({"k": "x"}, {}) == "k: None vs 'x'"
+    assert first_difference(1, 2) == "value: 2 vs 1"

@@ -99,3 +99,24 @@ def test_no_help_imports_torch():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert "Backbones" in out and "Transforms" in out     # the registries' epilogs were rendered
     assert out.strip().splitlines()[-1] == "HEAVY", out.strip().splitlines()[-1]
+
+
+def test_stage_two_commands_do_not_import_the_backbones(tmp_path):
+    # fuse and grid read caches: they pay for torch, never for timm, torchvision or transformers
+    # (the device check once imported extract/ and cost every fuse some 3 s).
+    script = textwrap.dedent(f"""
+        import sys
+        from alphafuse.cli import main
+        for argv in (["fuse", "--device", "cpu", "--out", {str(tmp_path / "run")!r}],
+                     ["grid", "--preset", "paper", "--out", {str(tmp_path / "grid")!r}]):
+            try:
+                main([*argv, "--cache-dir", {str(tmp_path)!r}], standalone_mode=False)
+            except BaseException as exc:
+                print("ERROR", type(exc).__name__, exc)
+        print("HEAVY", ",".join(sorted(m for m in ("torch", "timm", "torchvision", "transformers", "alphafuse.extract")
+                                       if m in sys.modules)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert sum(line.startswith("ERROR CacheError") for line in lines) == 2, out   # both ran: no cache here
+    assert lines[-1] == "HEAVY torch", lines[-1]

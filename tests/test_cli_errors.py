@@ -115,6 +115,7 @@ def test_a_cache_dir_that_is_a_file_is_named(work):
     assert "cannot create afile/timesformer-" in line and "not a directory" in line
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_without_a_traceback(work):
     # A base-size extraction on CPU: interrupted while it loads or runs the models.
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "--manifest", "m.csv",

@@ -46,6 +46,7 @@ def full_pass(manifest):
     return results
 
 
+@pytest.mark.slow
 def test_every_present_clip_gives_finite_tensors_of_the_right_shapes(manifest, full_pass):
     present = [c for c in manifest.clips if c.path.is_file()]
     assert len(present) == 122
@@ -59,6 +60,7 @@ def test_every_present_clip_gives_finite_tensors_of_the_right_shapes(manifest, f
         assert r["has_audio"], clip.clip_id  # every real clip has an AAC stream
 
 
+@pytest.mark.slow
 def test_the_absent_clips_give_errors_naming_them(manifest, full_pass):
     absent = [c for c in manifest.clips if not c.path.exists()]
     assert len(absent) == 8

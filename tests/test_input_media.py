@@ -13,7 +13,8 @@ from alphafuse.data.synth import write_clip
 from alphafuse.extract.tsam_inputs import decode_first_channel, load_tsam_spectrogram
 from alphafuse.extract import create_backbone
 from alphafuse.extract.registry import Extras
-from alphafuse.extract.runner import Roles, embed_inputs, extract_split
+from alphafuse.extract.embed import Roles, embed_inputs
+from alphafuse.extract.runner import extract_split
 from alphafuse.fuse import TrainConfig, fuse_run
 from tests.inprocess import run_cli
 

@@ -226,6 +226,7 @@ run_grid(s["train"], s["val"], s["test"], grid_configs(), sys.argv[2], jobs=1, p
 """
 
 
+@pytest.mark.slow
 def test_grid_killed_by_sigkill_resumes(cache, splits, tmp_path):
     out = tmp_path / "grid"
     proc = subprocess.run([sys.executable, "-c", GRID_SCRIPT, str(cache), str(out)], cwd=REPO,

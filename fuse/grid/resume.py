@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alphafuse.cache.store import first_difference
 from alphafuse.data.atomic import TMP_SUFFIX, atomic_write_text
 
 from ..folder import FolderError
@@ -36,7 +37,8 @@ def check_same_settings(out: Path, recorded: dict, wanted: dict) -> None:
     wanted = json.loads(json.dumps(wanted, default=str))
     if recorded == wanted:
         return
-    raise FolderError(f"{out} holds an unfinished grid started with other settings ({_difference(recorded, wanted)}); "
+    what = first_difference(recorded, wanted, "{path} was {old}, now {new}")
+    raise FolderError(f"{out} holds an unfinished grid started with other settings ({what}); "
                       f"run it again with its settings to finish it, or overwrite it")
 
 
@@ -67,17 +69,3 @@ def load_rows(out: Path, configs) -> dict[int, tuple[dict, np.ndarray]]:
             raise FolderError(f"{path} is not a row of this grid; overwrite the grid")
         done[index] = (row["metrics"], np.asarray(row["predicted"], dtype=np.int32))
     return done
-
-
-def _difference(a, b, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return f"{prefix.rstrip('.')}: {len(a)} entries, now {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return _difference(x, y, f"{prefix}[{i}].")
-    return f"{prefix.rstrip('.') or 'value'} was {a!r}, now {b!r}"
