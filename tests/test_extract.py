@@ -52,12 +52,13 @@ def subset_manifest(subset_dir):
 
 @pytest.fixture(scope="session")
 def subset_train_cache(subset_manifest, subset_cache):
-    """What an uninterrupted extraction of the first 24 train clips (2 of them absent on disk) must
+    """What an uninterrupted extraction of the first 24 train clips (the 24th absent on disk) must
     give: those clips of the session's whole-subset extraction (tests/conftest.py)."""
     first = {c.clip_id for c in subset_manifest.split("train")[:24]}
     full = read_split(subset_cache / "train.h5")
     reference = full.take([i for i, clip_id in enumerate(full.clip_ids) if clip_id in first])
     reference.errors = [e for e in full.errors if e[0] in first]
+    assert len(reference) == 23 and len(reference.errors) == 1     # a resumed run must keep its clip error too
     return reference
 
 
