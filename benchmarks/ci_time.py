@@ -62,7 +62,7 @@ def main() -> None:
         if proc.returncode:
             sys.exit(f"the install failed:\n{proc.stderr[-3000:]}")
         test_s, proc = _timed(["bash", ".ci/run"], clone, env)
-        summary = re.findall(r"=+ (.*) in ([0-9.]+)s", proc.stdout)
+        summary = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?) in ([0-9.]+)s", proc.stdout, re.M)
         print(json.dumps({
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
                                      text=True).stdout.strip(),
