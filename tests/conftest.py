@@ -19,7 +19,7 @@ from tests.paths import subset_path  # noqa: E402
 
 # xdist sends whole files to its workers (--dist loadfile). These are the longest by far, so they
 # start first: sent last, one of them would run alone while the other worker idles.
-FIRST = ("test_readme.py", "test_extract.py", "test_data_real.py")
+FIRST = ("test_readme.py", "test_extract.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,4 +1,8 @@
-"""data/ on the real VGGSound subset (skipped, with the reason, where it is absent)."""
+"""data/ on the real VGGSound subset (skipped, with the reason, where it is absent).
+
+Every clip of the subset through data/ is tested on the session's shared extraction, which
+decodes each one once (tests/test_extract.py::test_every_real_clip_once_and_absent_ones_as_errors);
+here: the layouts, and awkward clips against the reference pipelines."""
 import dataclasses
 import json
 import math
@@ -6,9 +10,8 @@ import math
 import av
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from alphafuse.data import (AudioConfig, ClipDataset, VideoConfig, decode_audio, load_fbank, load_video,
+from alphafuse.data import (AudioConfig, VideoConfig, decode_audio, load_fbank, load_video,
                             read_manifest)
 from alphafuse.extract.timesformer import YUV_MATRIX as TIMESFORMER_YUV
 from tests.media import (ast_fbank, cavmae_indices, cavmae_preprocess, ffmpeg_wav, link, read_wav,
@@ -25,48 +28,6 @@ AWKWARD = ["train/bpXcG9Nfvos_000048.mp4", "train/bqZf6ynxdhE_000037.mp4",
 @pytest.fixture(scope="module")
 def manifest(subset_dir):
     return read_manifest(subset_dir / "manifest.csv")
-
-
-@pytest.fixture(scope="module")
-def full_pass(manifest):
-    """Every clip of the manifest through ClipDataset and 2 DataLoader workers, once; keeps a
-    summary per clip (the tensors of 130 clips would not fit comfortably in memory)."""
-    ds = ClipDataset(manifest.clips, manifest.label_names)
-    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=ds.collate)
-    results = {}
-    for batch in loader:
-        for i, clip_id in enumerate(batch["clip_id"]):
-            video, fbank = batch["video"][i], batch["fbank"][i]
-            results[clip_id] = {"video_shape": tuple(video.shape), "fbank_shape": tuple(fbank.shape),
-                                "finite": bool(torch.isfinite(video).all() and torch.isfinite(fbank).all()),
-                                "video_std": float(video.std()), "fbank_std": float(fbank.std()),
-                                "label": int(batch["label"][i]), "has_audio": bool(batch["has_audio"][i])}
-        for clip_id, reason in batch["failed"]:
-            results[clip_id] = {"error": reason}
-    return results
-
-
-@pytest.mark.slow
-def test_every_present_clip_gives_finite_tensors_of_the_right_shapes(manifest, full_pass):
-    present = [c for c in manifest.clips if c.path.is_file()]
-    assert len(present) == 122
-    for clip in present:
-        r = full_pass[clip.clip_id]
-        assert "error" not in r, f"{clip.clip_id}: {r.get('error')}"
-        assert r["video_shape"] == (3, 8, 224, 224) and r["fbank_shape"] == (1024, 128)
-        assert r["finite"], clip.clip_id
-        assert r["video_std"] > 0.05 and r["fbank_std"] > 0.05, clip.clip_id  # not blank
-        assert r["label"] == manifest.label_index(clip.label)
-        assert r["has_audio"], clip.clip_id  # every real clip has an AAC stream
-
-
-@pytest.mark.slow
-def test_the_absent_clips_give_errors_naming_them(manifest, full_pass):
-    absent = [c for c in manifest.clips if not c.path.exists()]
-    assert len(absent) == 8
-    for clip in absent:
-        assert full_pass[clip.clip_id] == {"error": "file not found"}
-    assert len(full_pass) == len(manifest.clips)
 
 
 def test_label_vocabulary_is_the_papers_label_mapping(subset_dir, manifest):

@@ -1,6 +1,7 @@
 """Stage 1 end to end: extraction into HDF5, with kills, resumes, shards and bad clips. A separate
 process only where it is the point (SIGKILL, Ctrl-C, torchrun); other commands run in process."""
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -63,19 +64,38 @@ def subset_train_cache(subset_manifest, subset_cache):
 
 
 def test_every_real_clip_once_and_absent_ones_as_errors(subset_manifest, subset_cache):
+    """Every clip of the real subset through data/ and the backbones (the README's extraction):
+    each present clip once, with its label and its audio, decoded to inputs of the recorded
+    shapes, each embedding finite and its own; each absent clip an error naming it."""
+    video, audio, files = [], [], []
     for split in subset_manifest.splits:
         cache = read_split(subset_cache / f"{split}.h5")
         clips = subset_manifest.split(split)
         present = [c.clip_id for c in clips if c.path.exists()]
         absent = {c.clip_id for c in clips if not c.path.exists()}
         assert cache.clip_ids == present
-        assert {e[0] for e in cache.errors} == absent
-        assert all("not found" in reason for _, reason in cache.errors)
+        assert dict(cache.errors) == dict.fromkeys(absent, "file not found")
         assert np.isfinite(cache.video).all() and np.isfinite(cache.audio).all()
         assert cache.video.shape == (len(present), 64) and cache.audio.shape == (len(present), 64)
         assert [subset_manifest.label_names[i] for i in cache.labels] == \
                [c.label for c in clips if c.path.exists()]
+        assert cache.has_audio.all()                    # every real clip has an AAC stream
         assert cache.backbones["video"]["config"]["arch"] == "tiny"
+        spec = cache.preprocessing
+        assert (spec["video"]["num_frames"], spec["video"]["img_size"]) == (8, 224)
+        assert (spec["audio"]["target_length"], spec["audio"]["num_mel_bins"]) == (1024, 128)
+        video.append(cache.video)
+        audio.append(cache.audio)
+        files += [hashlib.sha256(c.path.read_bytes()).hexdigest() for c in clips if c.path.exists()]
+    # Clips embed alike exactly when their files are alike: a decode that gave blank frames,
+    # silence or another clip's inputs would make different files embed alike. (The subset
+    # holds one byte-identical pair, VGGSound's bpHdHkhHFMc at 0 s and at 1 s.)
+    same_file = np.equal.outer(np.array(files), np.array(files))
+    assert len(files) == 122 and same_file.sum() > 122
+    for name, rows in (("video", np.concatenate(video)), ("audio", np.concatenate(audio))):
+        differs = np.abs(rows[:, None] - rows[None]).max(-1)
+        assert differs[~same_file].min() > 1e-5, name
+        assert differs[same_file].max() < 1e-4, name      # one file: one embedding, in any batch
     missing = sum(1 for c in subset_manifest.clips if not c.path.exists())
     assert missing == 8
 
@@ -262,7 +282,6 @@ def six_clips(tmp_path_factory):
 
 def _dataset_hashes(cache: Path) -> dict:
     """sha256 of every dataset and attribute of every store file: what 'untouched' means."""
-    import hashlib
 
     import h5py
 
