@@ -10,7 +10,8 @@ from filelock import FileLock
 # Each xdist worker gets its share of the cores, and so do the CLI processes tests start (they
 # inherit OMP_NUM_THREADS): two workers of two threads on a 2-core machine spin against each
 # other in OpenMP's busy-waits, and a base-size forward took 4x its time alone.
-THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)   # macOS: no affinity
+THREADS = max(1, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads once)
