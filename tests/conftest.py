@@ -50,21 +50,20 @@ def subset_cache(subset_dir, tmp_path_factory) -> Path:
     the first worker to take the lock extracts, the others wait and read. Read it, never write
     to it (copy it first)."""
     from tests.inprocess import run_cli
-    from tests.readme import readme_world, subset_extraction
+    from tests.readme import readme_world, subset_cache_dir, subset_extraction
 
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "subset-extraction"
     done = root.with_suffix(".done")
-    argv = subset_extraction()
     with FileLock(str(root.with_suffix(".lock"))):
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)
             work = readme_world(root, subset_dir)
             with contextlib.chdir(work):
-                code, out, err = run_cli(*argv)
+                code, out, err = run_cli(*subset_extraction())
             assert code == 0, f"the README's extraction failed:\n{out}\n{err}"
             done.touch()
-    return root / "work" / argv[argv.index("--cache-dir") + 1]
+    return root / "work" / subset_cache_dir()
 
 
 @pytest.fixture(autouse=True)

@@ -88,8 +88,13 @@ def build(kind: str, folder) -> torch.nn.Module:
         proc = T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     else:
         raise ValueError(kind)
+    return save_snapshot(model, proc, folder)
+
+
+def save_snapshot(model: torch.nn.Module, processor, folder) -> torch.nn.Module:
+    """Write ``model`` (its zero-initialised parameters filled, in eval mode) and ``processor``
+    into ``folder`` as a Hugging Face snapshot; returns the model, the reference."""
     fill_zero_parameters(model)
-    model.eval()
-    model.save_pretrained(folder)
-    proc.save_pretrained(folder)
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
     return model

@@ -25,6 +25,12 @@ def subset_extraction() -> list[str]:
     return argv[1:]
 
 
+def subset_cache_dir() -> str:
+    """The cache folder that extraction writes, relative to the README's working folder."""
+    argv = subset_extraction()
+    return argv[argv.index("--cache-dir") + 1]
+
+
 def readme_world(root: Path, subset_dir: Path) -> Path:
     """The layout the README's commands assume: a working folder with ../shared/vggsound-subset
     beside it. Returns the working folder."""

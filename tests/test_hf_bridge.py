@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.hf_snapshots import fill_zero_parameters
+from tests.hf_snapshots import save_snapshot
 
 BRIDGE_TOL = 1e-5
 
@@ -31,10 +31,7 @@ def hf_ast(tmp_path_factory):
     model = T.ASTForAudioClassification(T.ASTConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, max_length=64,
         num_mel_bins=128, frequency_stride=10, time_stride=10, num_labels=3))
-    fill_zero_parameters(model)
-    model.eval().save_pretrained(folder)
-    T.ASTFeatureExtractor(max_length=64, num_mel_bins=128).save_pretrained(folder)
-    return folder, model
+    return folder, save_snapshot(model, T.ASTFeatureExtractor(max_length=64, num_mel_bins=128), folder)
 
 
 def test_load_ast_reads_an_hf_snapshot_and_equals_transformers(hf_ast):
@@ -81,10 +78,8 @@ def hf_timesformer(tmp_path_factory):
     model = T.TimesformerForVideoClassification(T.TimesformerConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, image_size=32,
         patch_size=16, num_frames=4, num_labels=3))
-    fill_zero_parameters(model)
-    model.eval().save_pretrained(folder)
-    T.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder, model
+    processor = T.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return folder, save_snapshot(model, processor, folder)
 
 
 def test_load_timesformer_reads_an_hf_snapshot_and_equals_transformers(hf_timesformer):

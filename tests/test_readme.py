@@ -10,7 +10,7 @@ import pytest
 
 from tests.inprocess import run_cli
 from tests.paths import REPO, subset_path
-from tests.readme import README, readme_world, runnable_blocks, subset_extraction
+from tests.readme import README, readme_world, runnable_blocks, subset_cache_dir, subset_extraction
 
 
 def test_readme_marks_the_subset_workflow_runnable():
@@ -47,7 +47,7 @@ def test_runnable_blocks_run_as_written(subset_dir, request, tmp_path):
     first, *others = runnable_blocks()
     for block in others:       # first the blocks that extract for themselves: the shared cache
         run_block(block)       # may still be in the making on the other worker
-    shutil.copytree(request.getfixturevalue("subset_cache"), work / shared[shared.index("--cache-dir") + 1])
+    shutil.copytree(request.getfixturevalue("subset_cache"), work / subset_cache_dir())
     run_block(first)
 
     assert len(list((work / "subset-cache").glob("*/train.h5"))) == 2     # TimeSformer's and AST's stores

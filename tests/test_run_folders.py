@@ -28,8 +28,7 @@ QUICK = TrainConfig(**{**FAST, "epochs": 2})
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache")
-    for split in (make_split("train", 120, 0), make_split("val", 48, 1), make_split("test", 48, 2)):
-        write_split(folder / f"{split.split}.h5", split)
+    write_cache(folder)
     return folder
 
 
@@ -243,7 +242,8 @@ def test_grid_killed_by_sigkill_resumes(cache, splits, tmp_path):
 # -- which cache a run was trained on -------------------------------------------------------------
 
 def write_cache(folder, backbones=BACKBONES, test_seed=2):
-    folder.mkdir(parents=True)
+    """Train, val and test splits (120, 48, 48 clips) of make_split's clusters in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     for split in (make_split("train", 120, 0, backbones=backbones), make_split("val", 48, 1, backbones=backbones),
                   make_split("test", 48, test_seed, backbones=backbones)):
         write_split(folder / f"{split.split}.h5", split)
